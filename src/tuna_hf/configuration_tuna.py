@@ -1,0 +1,166 @@
+"""Configuration of the TUNA family (Tuna, Tuna-R, Tuna-2): one config, three visual front-ends."""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+VISUAL_ENCODERS = ("vae_siglip", "siglip", "patch")
+PREDICTION_TYPES = ("velocity", "x0")
+
+# Tuna predicts the flow velocity in Wan 2.2 latent space; Tuna-R / Tuna-2 predict clean pixels (JiT x0).
+DEFAULT_PREDICTION_TYPE = {"vae_siglip": "velocity", "siglip": "x0", "patch": "x0"}
+
+# The official flow head always uses a llama3-scaled 1-D RoPE for text positions (`DiffusionHeadConfig`).
+FLOW_HEAD_TEXT_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+class TunaFlowHeadConfig(PreTrainedConfig):
+    r"""
+    The flow head ("diffusion head"): `num_hidden_layers` AdaLN-modulated transformer blocks reading the decoder's final
+    hidden states, then an AdaLN final layer projecting each token to `patch_size**2 * latent_channels` values.
+
+    Text positions get a 1-D rotate-half RoPE (`rope_parameters`, llama3-scaled), image positions a 3-D RoPE on the
+    (frame, row, column) token grid with base `image_rope_theta` (head_dim split 1/4 : 3/8 : 3/8), and the timestep slot
+    none (TUNA paper §3.2; official `apply_rope_image3d_text1d`).
+    """
+
+    model_type = "tuna_flow_head"
+    base_config_key = "flow_head_config"
+
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_hidden_layers: int = 16
+    num_attention_heads: int = 56
+    num_key_value_heads: int = 14
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    rms_norm_eps: float = 1e-5
+    qk_norm_eps: float = 1e-6
+    final_norm_eps: float = 1e-6
+    max_position_embeddings: int = 32768
+    rope_parameters: dict | None = None
+    image_rope_theta: float = 10000.0
+    timestep_embedding_dim: int = 256
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.rope_parameters is None:
+            self.rope_parameters = dict(FLOW_HEAD_TEXT_ROPE)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        if self.head_dim % 8:
+            raise ValueError(f"`head_dim` must be a multiple of 8 for the 3-D image RoPE, got {self.head_dim}.")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"`num_attention_heads` ({self.num_attention_heads}) must be a multiple of "
+                f"`num_key_value_heads` ({self.num_key_value_heads})."
+            )
+
+
+class TunaConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`TunaForUnifiedMultimodal`].
+
+    Args:
+        text_config: the Qwen2.5 decoder (vocabulary already resized to the tokenizer with TUNA's four added tokens).
+        vision_config: SigLIP vision tower (`"vae_siglip"`, `"siglip"`); `num_hidden_layers` is the number of layers
+            *kept* (the official code drops the last one, `siglip_feature_layer=-2`). Unused for `"patch"`.
+        flow_head_config: the flow head, see [`TunaFlowHeadConfig`]. Defaults to the decoder's width.
+        visual_encoder: `"vae_siglip"` (Tuna: Wan 2.2 VAE encoder → SigLIP with a 1×1 patch embed → connector),
+            `"siglip"` (Tuna-R: SigLIP on pixels → connector) or `"patch"` (Tuna-2: Conv2d patchify + RMSNorm).
+        prediction_type: `"velocity"` (Tuna) or `"x0"` (Tuna-R, Tuna-2; JiT). Defaults by `visual_encoder`.
+        latent_channels: channels of the flow space (48 Wan 2.2 latent channels, or 3 for RGB pixels).
+        patch_size: pixels (or latent pixels) per token side in the flow head output, and the Conv2d patch of `"patch"`.
+        vae_config: keyword arguments of `diffusers.AutoencoderKLWan` (Tuna only, see `tuna_hf.wan_vae`).
+        sample_vae_posterior: encode images with a posterior sample (official behaviour) rather than the mean.
+        use_mask_token: Tuna-2's learned mask token for masked feature learning during training.
+        mask_ratio_min / mask_ratio_max: per-sample masking ratio range (≤ 0 means no masking).
+        image_token_id / boi_token_id / eoi_token_id: `<|image_pad|>` (every slot of an image span), `<|vision_start|>`
+            and `<|vision_end|>`.
+    """
+
+    model_type = "tuna"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model", optional=True),
+        "flow_head_config": TunaFlowHeadConfig,
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    vision_config: dict | PreTrainedConfig | None = None
+    flow_head_config: dict | PreTrainedConfig | None = None
+    visual_encoder: str = "patch"
+    prediction_type: str | None = None
+    latent_channels: int = 3
+    patch_size: int = 16
+    vae_config: dict | None = None
+    sample_vae_posterior: bool = True
+    use_mask_token: bool = False
+    mask_ratio_min: float = -0.7
+    mask_ratio_max: float = 0.3
+    image_token_id: int = 151655
+    boi_token_id: int = 151652
+    eoi_token_id: int = 151653
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.visual_encoder not in VISUAL_ENCODERS:
+            raise ValueError(f"`visual_encoder` must be one of {VISUAL_ENCODERS}, got {self.visual_encoder!r}.")
+        if self.visual_encoder == "patch":
+            self.vision_config = None
+        elif self.vision_config is None:
+            self.vision_config = {"model_type": "siglip_vision_model"}
+        if self.prediction_type is None:
+            self.prediction_type = DEFAULT_PREDICTION_TYPE[self.visual_encoder]
+        text = self.text_config if isinstance(self.text_config, PreTrainedConfig) else None
+        if self.flow_head_config is None and text is not None:
+            heads = text.hidden_size // 64
+            self.flow_head_config = {
+                "hidden_size": text.hidden_size,
+                "intermediate_size": text.intermediate_size,
+                "num_attention_heads": heads,
+                "num_key_value_heads": max(1, heads // 4),
+                "max_position_embeddings": text.max_position_embeddings,
+            }
+        super().__post_init__(**kwargs)
+        self.tie_word_embeddings = self.text_config.tie_word_embeddings
+
+    def validate_architecture(self):
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}.")
+        if self.flow_head_config.hidden_size != self.text_config.hidden_size:
+            raise ValueError(
+                f"`flow_head_config.hidden_size` ({self.flow_head_config.hidden_size}) must equal the decoder's "
+                f"`text_config.hidden_size` ({self.text_config.hidden_size}): the flow head reads its hidden states."
+            )
+        if self.visual_encoder == "vae_siglip" and self.vae_config is None:
+            raise ValueError("`vae_config` is required for `visual_encoder='vae_siglip'` (the Wan 2.2 VAE).")
+        if self.visual_encoder == "siglip" and self.vision_config.patch_size != self.patch_size:
+            raise ValueError(
+                f"`vision_config.patch_size` ({self.vision_config.patch_size}) must equal `patch_size` "
+                f"({self.patch_size}) for `visual_encoder='siglip'`: one image token per flow-head patch."
+            )
+
+    @property
+    def pixels_per_token(self) -> int:
+        """Image pixels per token side (16 in every released TUNA)."""
+        if self.visual_encoder == "vae_siglip":
+            return self.patch_size * self.vae_config["scale_factor_spatial"]
+        return self.patch_size
+
+    @property
+    def frames_per_latent_frame(self) -> int:
+        """Video frames folded into one token frame (Wan 2.2 VAE: 4, after a first frame on its own)."""
+        if self.visual_encoder == "vae_siglip":
+            return self.vae_config["scale_factor_temporal"]
+        return 1

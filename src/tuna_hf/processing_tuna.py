@@ -1,0 +1,276 @@
+"""Processor class for TUNA (image processor + Qwen2.5 tokenizer)."""
+
+from collections.abc import Callable
+
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import ProcessorMixin
+from transformers.tokenization_utils_base import TextInput
+from transformers.video_utils import VideoInput
+
+
+DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+# Qwen2.5 chat format; image and video items render as the `<image>` placeholder plus a newline, as in the official
+# understanding prompt `"<image>\n" + question`.
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_PROMPT + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string %}"
+    "{{- message['content'] }}"
+    "{%- else %}"
+    "{%- for item in message['content'] %}"
+    "{%- if item['type'] in ('image', 'video') %}"
+    "{{- '<image>\\n' }}"
+    "{%- elif item['type'] == 'text' %}"
+    "{{- item['text'] }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- endif %}"
+)
+
+
+def add_tuna_tokens(tokenizer):
+    """
+    Add TUNA's tokens to a Qwen2.5 tokenizer exactly as the official `get_text_tokenizer`: the special pad token
+    `[PAD]`, then the plain tokens `<image>`, `<|vid_start|>`, `<|vid_end|>` (ids `len(tokenizer)` onwards).
+    """
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    for token in ("<image>", "<|vid_start|>", "<|vid_end|>"):
+        tokenizer.add_tokens(token)
+    return tokenizer
+
+
+class TunaProcessor(ProcessorMixin):
+    r"""
+    Constructs a TUNA processor from a [`TunaImageProcessor`] and a Qwen2.5 tokenizer extended by
+    [`add_tuna_tokens`].
+
+    For understanding, every `<image>` placeholder in the text becomes an image span
+    `<|vision_start|> <|image_pad|>×N <|vision_end|>`, where `N` = 1 (timestep slot) + one slot per latent patch.
+    [`~TunaProcessor.build_generation_inputs`] and [`~TunaProcessor.build_edit_inputs`] build the text-to-image and
+    editing sequences of the official pipelines.
+
+    Args:
+        image_processor ([`TunaImageProcessor`]):
+            The image processor.
+        tokenizer ([`PreTrainedTokenizerBase`]):
+            The Qwen2.5 tokenizer with the TUNA tokens added.
+        chat_template (`str`, *optional*):
+            Jinja chat template; defaults to a Qwen2.5 template that renders image items as `<image>\n`.
+        image_token, boi_token, eoi_token, image_pad_token, bos_token, eos_token, pad_token (`str`, *optional*):
+            The placeholder, image start/end, image slot, sequence start/end and padding tokens.
+        default_system_prompt (`str`, *optional*):
+            System message added by [`~TunaProcessor.apply_chat_template`] to conversations without one.
+        spatial_compression (`int`, *optional*, defaults to 16):
+            Pixels per image token along height and width.
+        temporal_compression (`int`, *optional*, defaults to 4):
+            Frames per latent frame (Wan VAE: `T = 1 + (frames - 1) / 4`); 1 if frames are not compressed.
+    """
+
+    text_kwargs = {"add_special_tokens": False, "padding_side": "left"}
+
+    def __init__(
+        self,
+        image_processor,
+        tokenizer,
+        chat_template: str | None = None,
+        image_token: str = "<image>",
+        boi_token: str = "<|vision_start|>",
+        eoi_token: str = "<|vision_end|>",
+        image_pad_token: str = "<|image_pad|>",
+        bos_token: str = "<|im_start|>",
+        eos_token: str = "<|im_end|>",
+        pad_token: str = "[PAD]",
+        default_system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        spatial_compression: int = 16,
+        temporal_compression: int = 4,
+    ):
+        self.image_token = image_token
+        self.boi_token = boi_token
+        self.eoi_token = eoi_token
+        self.image_pad_token = image_pad_token
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self.pad_token = pad_token
+        self.default_system_prompt = default_system_prompt
+        self.spatial_compression = spatial_compression
+        self.temporal_compression = temporal_compression
+
+        vocab = tokenizer.get_vocab()
+        for name in ("image", "boi", "eoi", "image_pad", "bos", "eos", "pad"):
+            token = getattr(self, f"{name}_token")
+            if token not in vocab:
+                raise ValueError(f"The tokenizer has no {token!r} token; call `add_tuna_tokens(tokenizer)` first.")
+            setattr(self, f"{name}_token_id", vocab[token])
+        self.image_token_ids = [self.image_pad_token_id]
+
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE)
+
+    def __call__(
+        self,
+        text: TextInput | list[TextInput] | None = None,
+        images: ImageInput | None = None,
+        videos: VideoInput | None = None,
+        return_tensors: str | None = "pt",
+        max_length: int | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Tokenize `text` for understanding, replacing each `<image>` placeholder (in order) by the span of the
+        matching image or video. Returns `input_ids`, `attention_mask` and `pixel_values` (`[B, 3, H, W]`, or
+        `[B, 3, T, H, W]` for videos). Image kwargs such as `height`/`width` are forwarded to the image processor.
+        Text is never truncated: a row longer than `max_length` raises.
+        """
+        if images is not None and videos is not None:
+            raise ValueError("Pass either `images` or `videos`: both fill the `<image>` placeholders.")
+        if max_length is not None:
+            kwargs.update(max_length=max_length, truncation=False)
+        if videos is None:
+            inputs = super().__call__(images=images, text=text, return_tensors=return_tensors, **kwargs)
+        else:
+            inputs = self._call_videos(text, videos, return_tensors, **kwargs)
+        if text is not None and max_length is not None:
+            self._check_max_length([int(sum(mask)) for mask in inputs["attention_mask"]], max_length)
+        return inputs
+
+    def _call_videos(self, text, videos: VideoInput, return_tensors: str | None, **kwargs) -> BatchFeature:
+        output_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        video_inputs = self.image_processor(videos=videos, **output_kwargs["images_kwargs"])
+        if text is None:
+            return BatchFeature(dict(video_inputs), tensor_type=return_tensors)
+
+        text = [text] if isinstance(text, str) else list(text)
+        num_videos = len(video_inputs["pixel_values"])
+        num_placeholders = sum(sample.count(self.image_token) for sample in text)
+        if num_placeholders != num_videos:
+            raise ValueError(
+                f"Found {num_placeholders} {self.image_token} placeholders in the text but {num_videos} videos."
+            )
+        spans = [self.replace_image_token(video_inputs, i) for i in range(num_videos)]
+        text, _ = self.get_text_with_replacements(text, spans)
+        text_inputs = self.tokenizer(text, **output_kwargs["text_kwargs"])
+        return BatchFeature({**text_inputs, **video_inputs}, tensor_type=return_tensors)
+
+    @staticmethod
+    def _check_max_length(lengths: list[int], max_length: int | None):
+        if max_length is None:
+            return
+        for i, length in enumerate(lengths):
+            if length > max_length:
+                raise ValueError(f"Row {i} has {length} tokens (image spans included), `max_length` is {max_length}.")
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        pixel_values = image_inputs["pixel_values"][image_idx]
+        num_frames = pixel_values.shape[1] if pixel_values.ndim == 4 else 1
+        height, width = pixel_values.shape[-2:]
+        num_slots = self.num_image_tokens(height, width, num_frames=num_frames)
+        return self.boi_token + self.image_pad_token * num_slots + self.eoi_token
+
+    def num_image_tokens(self, height: int, width: int, num_frames: int = 1) -> int:
+        """Slots in one image/video span: 1 timestep slot + `T·(H/16)·(W/16)` (`T` = latent frames)."""
+        for name, value in (("height", height), ("width", width)):
+            if value <= 0 or value % self.spatial_compression:
+                raise ValueError(f"`{name}` must be a positive multiple of {self.spatial_compression}, got {value}.")
+        if num_frames < 1 or (num_frames - 1) % self.temporal_compression:
+            raise ValueError(
+                f"`num_frames` must be 1 plus a multiple of {self.temporal_compression}, got {num_frames}."
+            )
+        latent_frames = 1 + (num_frames - 1) // self.temporal_compression
+        return 1 + latent_frames * (height // self.spatial_compression) * (width // self.spatial_compression)
+
+    def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
+        """[`ProcessorMixin.apply_chat_template`], with `default_system_prompt` added to conversations without one."""
+        batched = isinstance(conversation[0], (list, tuple))
+        conversations = [self._with_system_prompt(c) for c in (conversation if batched else [conversation])]
+        return super().apply_chat_template(conversations if batched else conversations[0], chat_template, **kwargs)
+
+    def _with_system_prompt(self, conversation: list[dict]) -> list[dict]:
+        if not self.default_system_prompt or conversation[0]["role"] == "system":
+            return conversation
+        return [{"role": "system", "content": self.default_system_prompt}, *conversation]
+
+    def build_generation_inputs(
+        self,
+        prompts: str | list[str],
+        negative_prompts: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int = 1,
+        max_length: int | None = None,
+        return_tensors: str | None = "pt",
+    ) -> BatchFeature:
+        """
+        Text-to-image (or video) rows `[bos] prompt [boi] [image_pad]×N [eoi] [eos]` (no chat template). With
+        `negative_prompts`, the unconditional rows (same layout; a falsy negative prompt is empty text) follow the
+        conditional ones. Rows are right-padded with `pad_token` (attention mask 0); `height`/`width` default to the
+        image processor's `size`.
+        """
+        span = self._image_span(height, width, num_frames)
+
+        def layout(ids):
+            return [self.bos_token_id, *ids, *span, self.eos_token_id]
+
+        return self._build_rows(prompts, negative_prompts, layout, max_length, return_tensors)
+
+    def build_edit_inputs(
+        self,
+        instructions: str | list[str],
+        negative_prompts: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = "pt",
+    ) -> BatchFeature:
+        """
+        Editing rows `[bos] [boi] [image_pad]×N [eoi] instruction [boi] [image_pad]×N [eoi] [eos]` (source image,
+        then target image), with the same unconditional-row and padding conventions as
+        [`~TunaProcessor.build_generation_inputs`].
+        """
+        span = self._image_span(height, width)
+
+        def layout(ids):
+            return [self.bos_token_id, *span, *ids, *span, self.eos_token_id]
+
+        return self._build_rows(instructions, negative_prompts, layout, max_length, return_tensors)
+
+    def _image_span(self, height: int | None, width: int | None, num_frames: int = 1) -> list[int]:
+        height = self.image_processor.size["height"] if height is None else height
+        width = self.image_processor.size["width"] if width is None else width
+        num_slots = self.num_image_tokens(height, width, num_frames=num_frames)
+        return [self.boi_token_id, *[self.image_pad_token_id] * num_slots, self.eoi_token_id]
+
+    def _build_rows(
+        self,
+        texts: str | list[str],
+        negative_prompts: str | list[str] | None,
+        layout: Callable[[list[int]], list[int]],
+        max_length: int | None,
+        return_tensors: str | None,
+    ) -> BatchFeature:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if negative_prompts is not None:
+            if isinstance(negative_prompts, str):
+                negative_prompts = [negative_prompts] * len(texts)
+            if len(negative_prompts) != len(texts):
+                raise ValueError(f"Got {len(negative_prompts)} negative prompts for {len(texts)} prompts.")
+            texts += [negative or "" for negative in negative_prompts]
+
+        rows = [layout(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        self._check_max_length([len(row) for row in rows], max_length)
+
+        length = max(len(row) for row in rows)
+        input_ids = [row + [self.pad_token_id] * (length - len(row)) for row in rows]
+        attention_mask = [[1] * len(row) + [0] * (length - len(row)) for row in rows]
+        return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask}, tensor_type=return_tensors)
+
+
+__all__ = ["TunaProcessor", "add_tuna_tokens"]

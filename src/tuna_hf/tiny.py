@@ -1,0 +1,100 @@
+"""Tiny random TUNA models and a byte-level tokenizer, built locally (no download): for tests, examples, benchmarks."""
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, Qwen2Config, SiglipVisionConfig
+
+from .configuration_tuna import TunaConfig
+from .image_processing_tuna import TunaImageProcessor
+from .processing_tuna import DEFAULT_CHAT_TEMPLATE, TunaProcessor, add_tuna_tokens
+from .wan_vae import wan22_vae_config
+
+# The Qwen2.5 special tokens TUNA's layouts use, in Qwen order.
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+
+def build_byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (256 byte tokens, no merges) with Qwen's special tokens and TUNA's four added tokens."""
+    byte_vocab = {symbol: i for i, symbol in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    backend = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        additional_special_tokens=QWEN_SPECIAL_TOKENS,
+        chat_template=DEFAULT_CHAT_TEMPLATE,
+    )
+    add_tuna_tokens(tokenizer)
+    return tokenizer
+
+
+def tiny_tuna_config(visual_encoder: str = "patch", tokenizer=None, hidden_size: int = 64, **overrides) -> TunaConfig:
+    """A 2-layer TUNA of the given variant whose token ids match `tokenizer` (default: `build_byte_tokenizer()`)."""
+    tokenizer = tokenizer or build_byte_tokenizer()
+    text_config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    flow_head_config = {
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 4096,
+    }
+    variant = {
+        "patch": {"latent_channels": 3, "patch_size": 16, "use_mask_token": True},
+        "siglip": {"latent_channels": 3, "patch_size": 16, "vision_config": _tiny_siglip(64, 16, 3)},
+        "vae_siglip": {
+            "latent_channels": 48,
+            "patch_size": 1,
+            "vision_config": _tiny_siglip(4, 1, 48),
+            "vae_config": wan22_vae_config(dim=8, dec_dim=8),
+        },
+    }[visual_encoder]
+    return TunaConfig(
+        text_config=text_config,
+        flow_head_config=flow_head_config,
+        visual_encoder=visual_encoder,
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        boi_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        eoi_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        **{**variant, **overrides},
+    )
+
+
+def tiny_tuna_processor(tokenizer=None, height: int = 64, width: int = 64) -> TunaProcessor:
+    """The processor for tiny models: byte tokenizer, default image size `height`×`width`."""
+    image_processor = TunaImageProcessor(size={"height": height, "width": width})
+    return TunaProcessor(image_processor=image_processor, tokenizer=tokenizer or build_byte_tokenizer())
+
+
+def _tiny_siglip(image_size: int, patch_size: int, num_channels: int) -> SiglipVisionConfig:
+    return SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        num_channels=num_channels,
+        vision_use_head=False,
+    )
