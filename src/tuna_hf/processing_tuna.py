@@ -2,9 +2,8 @@
 
 from collections.abc import Callable
 
-from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import ImageInput
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import BatchFeature, ProcessorMixin
 from transformers.tokenization_utils_base import TextInput
 from transformers.video_utils import VideoInput
 
