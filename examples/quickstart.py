@@ -1,8 +1,9 @@
 """Quickstart: VQA with `generate()` and one flow prediction, on a freshly built *random* tiny TUNA.
 
 No trained weights ship yet (the embedded shapes checkpoint is a later milestone), so the answer is noise and the
-fresh flow head (AdaLN-Zero init) predicts a flat grey image: this run shows the API end to end — save/load through the Auto classes, the chat template, the
-KV-cached `generate()`, and the flow head's prediction for an image being denoised. Outputs go to `outputs/`.
+fresh flow head (AdaLN-Zero init) predicts a flat grey image. The run shows the API end to end: save/load through
+the Auto classes, the chat template, the KV-cached `generate()`, and the flow head's prediction for an image being
+denoised. Outputs go to `outputs/`.
 """
 
 import argparse
@@ -20,7 +21,9 @@ from tuna_hf.tiny import tiny_tuna_config, tiny_tuna_processor
 def build_repository(folder: Path, visual_encoder: str, seed: int) -> None:
     torch.manual_seed(seed)
     processor = tiny_tuna_processor()
-    TunaForUnifiedMultimodal(tiny_tuna_config(visual_encoder, processor.tokenizer)).save_pretrained(folder / "transformer")
+    TunaForUnifiedMultimodal(tiny_tuna_config(visual_encoder, processor.tokenizer)).save_pretrained(
+        folder / "transformer"
+    )
     processor.save_pretrained(folder / "processor")
 
 

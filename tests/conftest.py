@@ -29,7 +29,16 @@ def official_config(variant: str):
     folder = require_parity() / variant
     official = json.loads((folder / "config.json").read_text())
     siglip = folder / "siglip_vision_config.json"
-    vae_keys = ("z_dim", "dim", "dec_dim", "dim_mult", "num_res_blocks", "attn_scales", "temperal_downsample", "dropout")
+    vae_keys = (
+        "z_dim",
+        "dim",
+        "dec_dim",
+        "dim_mult",
+        "num_res_blocks",
+        "attn_scales",
+        "temperal_downsample",
+        "dropout",
+    )
     return tuna_config_from_official(
         official["official_class"],
         official["wrapper_kwargs"],

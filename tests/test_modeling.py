@@ -39,7 +39,9 @@ def processor(byte_tokenizer):
 def test_forward_shapes(byte_tokenizer, processor, visual_encoder):
     model = tiny_model(visual_encoder, byte_tokenizer)
     inputs = processor.build_generation_inputs(["a red circle"], ["low quality"], height=32, width=48)
-    latents = torch.randn(2, model.config.latent_channels, 1, *(32 // 16, 48 // 16) if visual_encoder == "vae_siglip" else (32, 48))
+    latents = torch.randn(
+        2, model.config.latent_channels, 1, *(32 // 16, 48 // 16) if visual_encoder == "vae_siglip" else (32, 48)
+    )
     output = model(**inputs, image_latents=latents, timesteps=torch.tensor([0.3, 0.3]))
     assert output.logits.shape == (*inputs["input_ids"].shape, model.config.text_config.vocab_size)
     assert output.flow_prediction.shape == latents.shape
@@ -82,7 +84,9 @@ def test_tuna_video_frames_in_the_batch(byte_tokenizer, processor):
     model = tiny_model("vae_siglip", byte_tokenizer, sample_vae_posterior=False)
     tokens = processor.num_image_tokens(32, 32, num_frames=5)
     assert tokens == 1 + 2 * 2 * 2
-    ids = torch.tensor([[1, model.config.boi_token_id] + [model.config.image_token_id] * tokens + [model.config.eoi_token_id, 2]])
+    ids = torch.tensor(
+        [[1, model.config.boi_token_id] + [model.config.image_token_id] * tokens + [model.config.eoi_token_id, 2]]
+    )
     output = model(input_ids=ids, pixel_values=torch.rand(1, 3, 5, 32, 32) * 2 - 1, timesteps=torch.tensor([1.0]))
     assert output.flow_prediction.shape == (1, 48, 2, 2, 2)
 
@@ -93,10 +97,19 @@ def test_save_load_is_bit_exact(tmp_path, byte_tokenizer, processor, visual_enco
     model.save_pretrained(tmp_path)
     loaded = AutoModelForImageTextToText.from_pretrained(tmp_path, dtype=torch.float32)
     assert type(loaded) is TunaForUnifiedMultimodal
-    reference = model.state_dict()
-    for key, value in loaded.state_dict().items():
+    reference = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    for key, value in [*loaded.named_parameters(), *loaded.named_buffers()]:
         assert torch.equal(value, reference[key]), key
     assert "auto_map" not in (tmp_path / "config.json").read_text()
+
+
+def test_bfloat16_loading_keeps_the_vae_in_float32(tmp_path, byte_tokenizer, processor):
+    tiny_model("vae_siglip", byte_tokenizer).save_pretrained(tmp_path)
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert model.lm_head.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in model.model.vae.parameters()} == {torch.float32}
+    generated = model.generate(**question_inputs(processor), max_new_tokens=2, do_sample=False)
+    assert generated.shape[0] == 1
 
 
 def test_auto_classes_in_a_fresh_process(tmp_path, byte_tokenizer, processor):

@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import VARIANTS, require_parity
+from safetensors.torch import load_file
 
 ATOL = RTOL = 1e-4
 

@@ -6,11 +6,11 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import VARIANTS, require_parity
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, AutoTokenizer
 
-from conftest import VARIANTS, require_parity
 from tuna_hf.image_processing_tuna import TunaImageProcessor
 from tuna_hf.processing_tuna import TunaProcessor, add_tuna_tokens
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import require_parity
+
 from tuna_hf.wan_vae import (
     WAN22_LATENTS_STD,
     convert_wan22_vae_state_dict,
@@ -110,7 +110,7 @@ def test_decode_matches_reference(vae, references, task):
 def test_model_checkpoint_vae_matches_vae_pt(tuna_dir, upstream_state_dict):
     prefix = "vae.model."
     full = torch.load(tuna_dir / "model.pt", weights_only=True)
-    from_model = convert_wan22_vae_state_dict({k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)})
+    from_model = convert_wan22_vae_state_dict({k[len(prefix) :]: v for k, v in full.items() if k.startswith(prefix)})
     from_vae_pt = convert_wan22_vae_state_dict(upstream_state_dict)
     assert from_model.keys() == from_vae_pt.keys()
     for key, tensor in from_vae_pt.items():

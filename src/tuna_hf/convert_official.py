@@ -100,7 +100,9 @@ def tuna_config_from_official(
     """
     visual_encoder = OFFICIAL_VISUAL_ENCODERS.get(official_class.rsplit(".", 1)[-1])
     if visual_encoder is None:
-        raise ValueError(f"Unknown official model class {official_class!r}; expected one of {list(OFFICIAL_VISUAL_ENCODERS)}.")
+        raise ValueError(
+            f"Unknown official model class {official_class!r}; expected one of {list(OFFICIAL_VISUAL_ENCODERS)}."
+        )
     text_config = Qwen2Config(**{k: v for k, v in llm_config.items() if not k.startswith("_")})
     flow_head_config = {
         "hidden_size": text_config.hidden_size,
@@ -138,6 +140,8 @@ def _official_siglip_config(visual_encoder, model_kwargs, siglip_config) -> Sigl
     config.patch_size = model_kwargs.get("siglip_patch_size", config.patch_size)
     config.num_channels = model_kwargs.get("siglip_num_channels", config.num_channels)
     feature_layer = model_kwargs.get("siglip_feature_layer", -2)
-    config.num_hidden_layers = feature_layer + 1 if feature_layer >= 0 else config.num_hidden_layers + feature_layer + 1
+    config.num_hidden_layers = (
+        feature_layer + 1 if feature_layer >= 0 else config.num_hidden_layers + feature_layer + 1
+    )
     config.vision_use_head = False
     return config

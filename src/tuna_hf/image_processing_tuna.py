@@ -44,9 +44,7 @@ class TunaImageProcessor(PilBackend):
     do_convert_rgb = True
     valid_kwargs = TunaImageProcessorKwargs
 
-    def __call__(
-        self, images: ImageInput | None = None, videos: VideoInput | None = None, **kwargs
-    ) -> BatchFeature:
+    def __call__(self, images: ImageInput | None = None, videos: VideoInput | None = None, **kwargs) -> BatchFeature:
         return self.preprocess(images, videos=videos, **kwargs)
 
     def preprocess(

@@ -241,7 +241,8 @@ class TunaFlowHeadLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states, timestep_embeds, spans, attention_mask, text_rope, image_rope, **kwargs):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            spans.spread(chunk, fill) for chunk, fill in zip(self.modulation(F.silu(timestep_embeds)).chunk(6, dim=1), (0, 0, 1, 0, 0, 1))
+            spans.spread(chunk, fill)
+            for chunk, fill in zip(self.modulation(F.silu(timestep_embeds)).chunk(6, dim=1), (0, 0, 1, 0, 0, 1))
         )
         attn_input = modulate(self.input_layernorm(hidden_states), shift_msa, scale_msa)
         attn_output = self.self_attn(attn_input, attention_mask, text_rope, image_rope, spans, **kwargs)
@@ -280,7 +281,9 @@ class TunaFlowHead(nn.Module):
         text_rope = self.rotary_emb(hidden_states, position_ids)
         image_rope = self.image_rotary_embedding(spans, grid, hidden_states.dtype)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, timestep_embeds, spans, attention_mask, text_rope, image_rope, **kwargs)
+            hidden_states = layer(
+                hidden_states, timestep_embeds, spans, attention_mask, text_rope, image_rope, **kwargs
+            )
         return self.final_layer(hidden_states, timestep_embeds, spans)
 
     def image_rotary_embedding(self, spans, grid, dtype):
@@ -290,7 +293,8 @@ class TunaFlowHead(nn.Module):
         coordinates = spans.token_grid_coordinates(grid).float()
         angles = torch.cat(
             [
-                coordinates[..., axis, None] * (1.0 / theta ** (torch.arange(0, dim, 2, device=coordinates.device) / dim))
+                coordinates[..., axis, None]
+                * (1.0 / theta ** (torch.arange(0, dim, 2, device=coordinates.device) / dim))
                 for axis, dim in enumerate(axis_dims)
             ],
             dim=-1,
@@ -305,7 +309,7 @@ class TunaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["Qwen2DecoderLayer", "SiglipEncoderLayer", "TunaFlowHeadLayer"]
     _skip_keys_device_placement = ["past_key_values"]
-    _keep_in_fp32_modules = ["vae"]
+    _keep_in_fp32_modules_strict = ["vae"]
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
@@ -324,6 +328,8 @@ class TunaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, TunaTimestepEmbedder):
             init.normal_(module.linear_1.weight, std=0.02)
             init.normal_(module.linear_2.weight, std=0.02)
+        elif isinstance(module, SiglipVisionEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
         elif isinstance(module, TunaPatchEmbedding):
             init.xavier_uniform_(module.proj.weight.view(module.proj.weight.shape[0], -1))
             init.zeros_(module.proj.bias)
@@ -404,7 +410,9 @@ class TunaModel(TunaPreTrainedModel):
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         self._check_context_length(inputs_embeds.shape[1] + past_length)
         if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + inputs_embeds.shape[1], device=inputs_embeds.device)[None]
+            position_ids = torch.arange(
+                past_length, past_length + inputs_embeds.shape[1], device=inputs_embeds.device
+            )[None]
 
         if pixel_values is not None:
             image_latents = self.encode_images(pixel_values)
@@ -421,7 +429,9 @@ class TunaModel(TunaPreTrainedModel):
             grid = self.token_grid(image_latents)
             inputs_embeds = self._insert_images(inputs_embeds, spans, timestep_embeds, image_embeds)
         elif input_ids is not None and past_length == 0 and (input_ids == self.config.image_token_id).any():
-            raise ValueError("`input_ids` contain image spans but neither `pixel_values` nor `image_latents` was given.")
+            raise ValueError(
+                "`input_ids` contain image spans but neither `pixel_values` nor `image_latents` was given."
+            )
 
         mask = create_causal_mask(
             config=self.config.text_config,
@@ -473,7 +483,9 @@ class TunaModel(TunaPreTrainedModel):
         step = self.config.pixels_per_token
         frames, height, width = pixel_values.shape[2:]
         if height % step or width % step or height == 0 or width == 0:
-            raise ValueError(f"`pixel_values` height and width must be positive multiples of {step}, got {height}×{width}.")
+            raise ValueError(
+                f"`pixel_values` height and width must be positive multiples of {step}, got {height}×{width}."
+            )
         if (frames - 1) % self.config.frames_per_latent_frame:
             raise ValueError(
                 f"`pixel_values` must have 1 + {self.config.frames_per_latent_frame}·k frames for this VAE, got {frames}."
@@ -522,7 +534,9 @@ class TunaModel(TunaPreTrainedModel):
     def _check_context_length(self, length: int):
         limit = self.config.text_config.max_position_embeddings
         if length > limit:
-            raise ValueError(f"The sequence ({length} tokens) exceeds the context of {limit} tokens (max_position_embeddings).")
+            raise ValueError(
+                f"The sequence ({length} tokens) exceeds the context of {limit} tokens (max_position_embeddings)."
+            )
 
     def _check_device(self, name: str, tensor: torch.Tensor):
         if tensor.device != self.device:
@@ -681,7 +695,9 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         strips = image_tokens.reshape(image_tokens.shape[0], frames, height * width * patch * patch, channels)
         return strips.permute(0, 3, 1, 2).reshape(-1, channels, frames, height * patch, width * patch)
 
-    def prepare_inputs_for_generation(self, *args, image_latents=None, timesteps=None, is_first_iteration=False, **kwargs):
+    def prepare_inputs_for_generation(
+        self, *args, image_latents=None, timesteps=None, is_first_iteration=False, **kwargs
+    ):
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs["image_latents"] = image_latents

@@ -7,7 +7,6 @@ from transformers.processing_utils import BatchFeature, ProcessorMixin
 from transformers.tokenization_utils_base import TextInput
 from transformers.video_utils import VideoInput
 
-
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 # Qwen2.5 chat format; image and video items render as the `<image>` placeholder plus a newline, as in the official
