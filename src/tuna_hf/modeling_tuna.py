@@ -609,7 +609,7 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             own = model.model.vision_tower.state_dict()
             matching = {
                 key: value
-                for key, value in pretrained_vision.vision_model.state_dict().items()
+                for key, value in pretrained_vision.state_dict().items()
                 if key in own and own[key].shape == value.shape
             }
             model.model.vision_tower.load_state_dict(matching, strict=False)
