@@ -29,24 +29,21 @@ def official_config(variant: str):
     folder = require_parity() / variant
     official = json.loads((folder / "config.json").read_text())
     siglip = folder / "siglip_vision_config.json"
-    vae_keys = (
-        "z_dim",
-        "dim",
-        "dec_dim",
-        "dim_mult",
-        "num_res_blocks",
-        "attn_scales",
-        "temperal_downsample",
-        "dropout",
-    )
     return tuna_config_from_official(
         official["official_class"],
         official["wrapper_kwargs"],
         json.loads((folder / "qwen2_config.json").read_text()),
         official["tokenizer"]["tuna_token_ids"],
         json.loads(siglip.read_text()) if siglip.exists() else None,
-        {key: official["vae"][key] for key in vae_keys} if "vae" in official else None,
+        official_vae_kwargs(folder) if "vae" in official else None,
     )
+
+
+def official_vae_kwargs(folder):
+    """The official `Wan2_2_VAE` constructor arguments recorded in a parity variant's config.json."""
+    recorded = json.loads((folder / "config.json").read_text())["vae"]
+    names = ("z_dim", "dim", "dec_dim", "dim_mult", "num_res_blocks", "attn_scales", "temperal_downsample", "dropout")
+    return {name: recorded[name] for name in names}
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,8 @@
 """Parity of the Wan 2.2 VAE helpers with the official TUNA reference run (tiny random VAE)."""
 
-import json
-
 import pytest
 import torch
-from conftest import require_parity
+from conftest import official_vae_kwargs, require_parity
 
 from tuna_hf.wan_vae import (
     WAN22_LATENTS_STD,
@@ -24,12 +22,6 @@ def tuna_dir():
     return require_parity() / "tuna"
 
 
-def _tiny_vae_args(tuna_dir):
-    cfg = json.loads((tuna_dir / "config.json").read_text())["vae"]
-    names = ["z_dim", "dim", "dec_dim", "dim_mult", "num_res_blocks", "attn_scales", "temperal_downsample", "dropout"]
-    return {name: cfg[name] for name in names}
-
-
 @pytest.fixture(scope="module")
 def upstream_state_dict(tuna_dir):
     return torch.load(tuna_dir / "vae.pt", weights_only=True)
@@ -39,7 +31,7 @@ def upstream_state_dict(tuna_dir):
 def vae(tuna_dir, upstream_state_dict):
     from diffusers import AutoencoderKLWan
 
-    model = AutoencoderKLWan(**wan22_vae_config(**_tiny_vae_args(tuna_dir))).to(torch.float32).eval()
+    model = AutoencoderKLWan(**wan22_vae_config(**official_vae_kwargs(tuna_dir))).to(torch.float32).eval()
     model.load_state_dict(convert_wan22_vae_state_dict(upstream_state_dict), strict=True)
     return model
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel, SiglipVisionModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
@@ -26,6 +26,7 @@ from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipVisi
 from transformers.utils import ModelOutput
 
 from .configuration_tuna import TunaConfig, TunaFlowHeadConfig
+from .processing_tuna import add_tuna_tokens, tuna_token_ids
 from .wan_vae import sample_wan_posterior
 
 
@@ -581,10 +582,6 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         TUNA tower are warm-started, as the official code does. `vae` is a diffusers `AutoencoderKLWan` directory
         (Tuna). `config_kwargs` go to [`TunaConfig`] (e.g. `vision_config`, `flow_head_config`, `vae_config`).
         """
-        from transformers import AutoModelForCausalLM, SiglipVisionModel
-
-        from .processing_tuna import add_tuna_tokens
-
         add_tuna_tokens(tokenizer)
         language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32)
         language_model.resize_token_embeddings(len(tokenizer))
@@ -597,9 +594,7 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         config = TunaConfig(
             text_config=language_model.config,
             visual_encoder=visual_encoder,
-            image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-            boi_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-            eoi_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+            **tuna_token_ids(tokenizer),
             **config_kwargs,
         )
         model = cls(config)

@@ -47,6 +47,12 @@ def add_tuna_tokens(tokenizer):
     return tokenizer
 
 
+def tuna_token_ids(tokenizer) -> dict[str, int]:
+    """The `TunaConfig` token ids (`image_token_id`, `boi_token_id`, `eoi_token_id`) of a TUNA tokenizer."""
+    tokens = {"image_token_id": "<|image_pad|>", "boi_token_id": "<|vision_start|>", "eoi_token_id": "<|vision_end|>"}
+    return {name: tokenizer.convert_tokens_to_ids(token) for name, token in tokens.items()}
+
+
 class TunaProcessor(ProcessorMixin):
     r"""
     Constructs a TUNA processor from a [`TunaImageProcessor`] and a Qwen2.5 tokenizer extended by

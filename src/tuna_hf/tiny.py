@@ -5,7 +5,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, SiglipVisionConfi
 
 from .configuration_tuna import TunaConfig
 from .image_processing_tuna import TunaImageProcessor
-from .processing_tuna import DEFAULT_CHAT_TEMPLATE, TunaProcessor, add_tuna_tokens
+from .processing_tuna import DEFAULT_CHAT_TEMPLATE, TunaProcessor, add_tuna_tokens, tuna_token_ids
 from .wan_vae import wan22_vae_config
 
 # The Qwen2.5 special tokens TUNA's layouts use, in Qwen order.
@@ -74,9 +74,7 @@ def tiny_tuna_config(visual_encoder: str = "patch", tokenizer=None, hidden_size:
         text_config=text_config,
         flow_head_config=flow_head_config,
         visual_encoder=visual_encoder,
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        boi_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        eoi_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        **tuna_token_ids(tokenizer),
         **{**variant, **overrides},
     )
 
