@@ -15,6 +15,7 @@ from .configuration_tuna import TunaConfig, TunaFlowHeadConfig
 from .image_processing_tuna import TunaImageProcessor
 from .modeling_tuna import TunaForUnifiedMultimodal, TunaModel, TunaPreTrainedModel
 from .processing_tuna import TunaProcessor, add_tuna_tokens
+from .scheduling_tuna import TunaFlowMatchScheduler
 
 AutoConfig.register("tuna", TunaConfig, exist_ok=True)
 AutoConfig.register("tuna_flow_head", TunaFlowHeadConfig, exist_ok=True)
@@ -23,13 +24,20 @@ AutoModelForImageTextToText.register(TunaConfig, TunaForUnifiedMultimodal, exist
 AutoImageProcessor.register(TunaConfig, image_processor_classes={"pil": TunaImageProcessor}, exist_ok=True)
 AutoProcessor.register(TunaConfig, TunaProcessor, exist_ok=True)
 
+from .pipelines import TunaEditPipeline, TunaPipeline, TunaPipelineOutput, TunaVideoPipelineOutput  # noqa: E402
+
 __all__ = [
     "TunaConfig",
+    "TunaEditPipeline",
     "TunaFlowHeadConfig",
+    "TunaFlowMatchScheduler",
     "TunaForUnifiedMultimodal",
     "TunaImageProcessor",
     "TunaModel",
+    "TunaPipeline",
+    "TunaPipelineOutput",
     "TunaPreTrainedModel",
     "TunaProcessor",
+    "TunaVideoPipelineOutput",
     "add_tuna_tokens",
 ]

@@ -8,6 +8,7 @@ PREDICTION_TYPES = ("velocity", "x0")
 
 # Tuna predicts the flow velocity in Wan 2.2 latent space; Tuna-R / Tuna-2 predict clean pixels (JiT x0).
 DEFAULT_PREDICTION_TYPE = {"vae_siglip": "velocity", "siglip": "x0", "patch": "x0"}
+VARIANT_NAMES = {"vae_siglip": "tuna", "siglip": "tuna_r", "patch": "tuna_2"}
 
 # The official flow head always uses a llama3-scaled 1-D RoPE for text positions (`DiffusionHeadConfig`).
 FLOW_HEAD_TEXT_ROPE = {
@@ -150,6 +151,11 @@ class TunaConfig(PreTrainedConfig):
                 f"`vision_config.patch_size` ({self.vision_config.patch_size}) must equal `patch_size` "
                 f"({self.patch_size}) for `visual_encoder='siglip'`: one image token per flow-head patch."
             )
+
+    @property
+    def variant(self) -> str:
+        """`"tuna"`, `"tuna_r"` or `"tuna_2"`: the paper's name of this visual front-end."""
+        return VARIANT_NAMES[self.visual_encoder]
 
     @property
     def pixels_per_token(self) -> int:

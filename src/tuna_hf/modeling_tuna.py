@@ -103,6 +103,7 @@ class TunaCausalLMOutputWithPast(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     flow_prediction: torch.FloatTensor | None = None
+    flow_head_past_key_values: Cache | None = None
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -114,6 +115,14 @@ def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
     """Rotate the pairs `(x[2i], x[2i+1])` by −θ: the official 3-D RoPE convention (row vector × [[c, −s], [s, c]])."""
     even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
     return torch.stack([even * cos + odd * sin, odd * cos - even * sin], dim=-1).flatten(-2)
+
+
+def span_modulation(modulation: nn.Linear, timestep_embeds, spans, hidden_states, fills: tuple[float, ...]):
+    """AdaLN parameters per position: image k's on span k (timestep slot included), the identity `fills` elsewhere."""
+    if spans is None:
+        return tuple(torch.full_like(hidden_states[..., :1], fill) for fill in fills)
+    chunks = modulation(F.silu(timestep_embeds)).chunk(len(fills), dim=1)
+    return tuple(spans.spread(chunk, fill) for chunk, fill in zip(chunks, fills))
 
 
 class TunaTimestepEmbedder(nn.Module):
@@ -196,12 +205,24 @@ class TunaFlowHeadAttention(nn.Module):
         self.q_norm = Qwen2RMSNorm(self.head_dim, eps=config.qk_norm_eps)
         self.k_norm = Qwen2RMSNorm(self.head_dim, eps=config.qk_norm_eps)
 
-    def forward(self, hidden_states, attention_mask, text_rope, image_rope, spans, attn_implementation, **kwargs):
+    def forward(
+        self,
+        hidden_states,
+        attention_mask,
+        text_rope,
+        image_rope,
+        spans,
+        attn_implementation,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ):
         hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         query = self.q_norm(self.q_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
         key = self.k_norm(self.k_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         query, key = self._apply_rope(query, key, text_rope, image_rope, spans)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
 
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
         attn_output, _ = attention_interface(
@@ -241,9 +262,8 @@ class TunaFlowHeadLayer(GradientCheckpointingLayer):
         self.modulation = nn.Linear(config.hidden_size, 6 * config.hidden_size)
 
     def forward(self, hidden_states, timestep_embeds, spans, attention_mask, text_rope, image_rope, **kwargs):
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            spans.spread(chunk, fill)
-            for chunk, fill in zip(self.modulation(F.silu(timestep_embeds)).chunk(6, dim=1), (0, 0, 1, 0, 0, 1))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = span_modulation(
+            self.modulation, timestep_embeds, spans, hidden_states, fills=(0, 0, 1, 0, 0, 1)
         )
         attn_input = modulate(self.input_layernorm(hidden_states), shift_msa, scale_msa)
         attn_output = self.self_attn(attn_input, attention_mask, text_rope, image_rope, spans, **kwargs)
@@ -262,7 +282,7 @@ class TunaFlowHeadFinalLayer(nn.Module):
         self.proj = nn.Linear(config.hidden_size, out_features)
 
     def forward(self, hidden_states, timestep_embeds, spans):
-        shift, scale = (spans.spread(chunk, 0) for chunk in self.modulation(F.silu(timestep_embeds)).chunk(2, dim=1))
+        shift, scale = span_modulation(self.modulation, timestep_embeds, spans, hidden_states, fills=(0, 0))
         return self.proj(modulate(self.norm(hidden_states), shift, scale))
 
 
@@ -280,7 +300,7 @@ class TunaFlowHead(nn.Module):
     def forward(self, hidden_states, timestep_embeds, spans, grid, attention_mask, position_ids, **kwargs):
         """`attention_mask` is the decoder's omni mask; pass the decoder's `attn_implementation` it was built for."""
         text_rope = self.rotary_emb(hidden_states, position_ids)
-        image_rope = self.image_rotary_embedding(spans, grid, hidden_states.dtype)
+        image_rope = self.image_rotary_embedding(spans, grid, hidden_states.dtype) if spans is not None else None
         for layer in self.layers:
             hidden_states = layer(
                 hidden_states, timestep_embeds, spans, attention_mask, text_rope, image_rope, **kwargs
@@ -440,7 +460,7 @@ class TunaModel(TunaPreTrainedModel):
             attention_mask=attention_mask,
             past_key_values=past_key_values,
             position_ids=position_ids,
-            block_sequence_ids=spans.image_index if spans is not None else None,
+            block_sequence_ids=self._block_ids(spans, past_length),
         )
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -461,6 +481,13 @@ class TunaModel(TunaPreTrainedModel):
             timestep_embeds=timestep_embeds,
             image_grid=grid,
         )
+
+    @staticmethod
+    def _block_ids(spans: TunaImageSpans | None, past_length: int) -> torch.LongTensor | None:
+        """Span numbers over the key positions (cached prefix + new tokens); the cached prefix counts as text here."""
+        if spans is None:
+            return None
+        return F.pad(spans.image_index, (past_length, 0), value=-1)
 
     def token_grid(self, image_latents: torch.Tensor) -> tuple[int, int, int]:
         """(T, h, w) token grid of flow-space images."""
@@ -625,11 +652,18 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        flow_head_past_key_values: Cache | None = None,
         **kwargs,
     ) -> TunaCausalLMOutputWithPast:
         r"""
         See [`TunaModel.forward`] for the image arguments. When `timesteps` is given, the images are being denoised:
         the flow head runs and `flow_prediction` holds its prediction for every image.
+
+        flow_head_past_key_values (`Cache`, *optional*):
+            The flow head's own key/value cache, aligned with `past_key_values`. Passing one runs the flow head (also
+            without images, to cache a text prompt) and appends the new tokens' keys and values to it. A prompt's
+            flow-head states do not depend on the image being denoised (anatomy §9), so the pipelines fill both caches
+            once and then run only the image span at each denoising step.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -651,19 +685,21 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits, labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
 
         flow_prediction = None
-        if timesteps is not None and outputs.image_spans is not None:
-            flow_prediction = self.predict_flow(outputs, **kwargs)
+        denoising = timesteps is not None and outputs.image_spans is not None
+        if denoising or flow_head_past_key_values is not None:
+            flow_prediction = self.predict_flow(outputs, past_key_values=flow_head_past_key_values, **kwargs)
         return TunaCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            flow_prediction=flow_prediction,
+            flow_prediction=flow_prediction if denoising else None,
+            flow_head_past_key_values=flow_head_past_key_values,
         )
 
-    def predict_flow(self, outputs: TunaModelOutputWithPast, **kwargs) -> torch.Tensor:
-        """Flow head over the decoder output → `[num_images, C, T, H, W]` in the flow space."""
+    def predict_flow(self, outputs: TunaModelOutputWithPast, **kwargs) -> torch.Tensor | None:
+        """Flow head over the decoder output → `[num_images, C, T, H, W]` in the flow space (None without images)."""
         hidden_states, spans = outputs.last_hidden_state, outputs.image_spans
         per_token = self.flow_head(
             hidden_states,
@@ -675,6 +711,8 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             attn_implementation=self.config.text_config._attn_implementation,
             **kwargs,
         )
+        if spans is None:
+            return None
         image_tokens = per_token[spans.is_image_token].view(spans.num_images, -1, per_token.shape[-1])
         return self.unpatchify(image_tokens, outputs.image_grid)
 

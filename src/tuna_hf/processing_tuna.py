@@ -211,19 +211,21 @@ class TunaProcessor(ProcessorMixin):
         num_frames: int = 1,
         max_length: int | None = None,
         return_tensors: str | None = "pt",
+        padding_side: str = "right",
     ) -> BatchFeature:
         """
         Text-to-image (or video) rows `[bos] prompt [boi] [image_pad]×N [eoi] [eos]` (no chat template). With
         `negative_prompts`, the unconditional rows (same layout; a falsy negative prompt is empty text) follow the
-        conditional ones. Rows are right-padded with `pad_token` (attention mask 0); `height`/`width` default to the
-        image processor's `size`.
+        conditional ones. Rows are padded with `pad_token` (attention mask 0) on `padding_side` (the official layout
+        pads on the right; the pipelines pad on the left so that the image spans end every row together);
+        `height`/`width` default to the image processor's `size`.
         """
         span = self._image_span(height, width, num_frames)
 
         def layout(ids):
             return [self.bos_token_id, *ids, *span, self.eos_token_id]
 
-        return self._build_rows(prompts, negative_prompts, layout, max_length, return_tensors)
+        return self._build_rows(prompts, negative_prompts, layout, max_length, return_tensors, padding_side)
 
     def build_edit_inputs(
         self,
@@ -233,6 +235,7 @@ class TunaProcessor(ProcessorMixin):
         width: int | None = None,
         max_length: int | None = None,
         return_tensors: str | None = "pt",
+        padding_side: str = "right",
     ) -> BatchFeature:
         """
         Editing rows `[bos] [boi] [image_pad]×N [eoi] instruction [boi] [image_pad]×N [eoi] [eos]` (source image,
@@ -244,7 +247,7 @@ class TunaProcessor(ProcessorMixin):
         def layout(ids):
             return [self.bos_token_id, *span, *ids, *span, self.eos_token_id]
 
-        return self._build_rows(instructions, negative_prompts, layout, max_length, return_tensors)
+        return self._build_rows(instructions, negative_prompts, layout, max_length, return_tensors, padding_side)
 
     def _image_span(self, height: int | None, width: int | None, num_frames: int = 1) -> list[int]:
         height = self.image_processor.size["height"] if height is None else height
@@ -259,7 +262,10 @@ class TunaProcessor(ProcessorMixin):
         layout: Callable[[list[int]], list[int]],
         max_length: int | None,
         return_tensors: str | None,
+        padding_side: str,
     ) -> BatchFeature:
+        if padding_side not in ("left", "right"):
+            raise ValueError(f'`padding_side` must be "left" or "right", got {padding_side!r}.')
         texts = [texts] if isinstance(texts, str) else list(texts)
         if negative_prompts is not None:
             if isinstance(negative_prompts, str):
@@ -272,8 +278,14 @@ class TunaProcessor(ProcessorMixin):
         self._check_max_length([len(row) for row in rows], max_length)
 
         length = max(len(row) for row in rows)
-        input_ids = [row + [self.pad_token_id] * (length - len(row)) for row in rows]
-        attention_mask = [[1] * len(row) + [0] * (length - len(row)) for row in rows]
+        left = padding_side == "left"
+
+        def pad(values: list[int], fill: int) -> list[int]:
+            padding = [fill] * (length - len(values))
+            return padding + values if left else values + padding
+
+        input_ids = [pad(row, self.pad_token_id) for row in rows]
+        attention_mask = [pad([1] * len(row), 0) for row in rows]
         return BatchFeature({"input_ids": input_ids, "attention_mask": attention_mask}, tensor_type=return_tensors)
 
 

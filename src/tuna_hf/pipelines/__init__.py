@@ -1,5 +1,32 @@
-"""Diffusers side of tuna-hf (`TunaPipeline`, `TunaEditPipeline`, `TunaFlowMatchScheduler`): not built yet.
+"""Diffusers pipelines for TUNA: `TunaPipeline` (text-to-image, text-to-video) and `TunaEditPipeline` (editing).
 
-The transformer they will hold is `tuna_hf.TunaForUnifiedMultimodal`; its VAE (Tuna) lives inside it
-(`transformer.model.vae`), so a pipeline repository stores the Wan 2.2 weights once, under `transformer/`.
+They hold `transformer` (`tuna_hf.TunaForUnifiedMultimodal`, with Tuna's Wan 2.2 VAE inside as
+`transformer.model.vae`, so a repository stores the VAE once, under `transformer/`), `processor` (`TunaProcessor`)
+and `scheduler` (`TunaFlowMatchScheduler`).
 """
+
+import diffusers
+
+from .base import TunaBasePipeline
+from .lora import TunaLoraLoaderMixin
+from .pipeline_output import TunaPipelineOutput, TunaVideoPipelineOutput
+from .pipeline_tuna import OFFICIAL_T2I_NEGATIVE_PROMPT, TunaPipeline
+from .pipeline_tuna_edit import OFFICIAL_EDIT_NEGATIVE_PROMPT, TunaEditPipeline
+from .prompt_cache import TunaPromptCache
+
+# `DiffusionPipeline.from_pretrained` resolves `model_index.json`'s `_class_name` on the diffusers namespace
+# (hf-ecosystem §3.1, pitfall 2); after `import tuna_hf` the generic loader finds our pipelines.
+for _pipeline_class in (TunaPipeline, TunaEditPipeline):
+    setattr(diffusers, _pipeline_class.__name__, _pipeline_class)
+
+__all__ = [
+    "OFFICIAL_EDIT_NEGATIVE_PROMPT",
+    "OFFICIAL_T2I_NEGATIVE_PROMPT",
+    "TunaBasePipeline",
+    "TunaEditPipeline",
+    "TunaLoraLoaderMixin",
+    "TunaPipeline",
+    "TunaPipelineOutput",
+    "TunaPromptCache",
+    "TunaVideoPipelineOutput",
+]

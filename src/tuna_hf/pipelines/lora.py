@@ -1,0 +1,92 @@
+"""LoRA loading for the TUNA pipelines, whose `transformer` is a transformers model (hf-ecosystem §3.3).
+
+Diffusers' `LoraBaseMixin` already handles transformers models in `set_adapters`, `fuse_lora`, `unfuse_lora`,
+`disable_lora`, `enable_lora`, `delete_adapters` and `unload_lora_weights`; only loading and saving are TUNA-specific.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers.loaders.lora_base import LoraBaseMixin, _fetch_state_dict, _load_lora_into_text_encoder
+
+PEFT_ADAPTER_CONFIG = "adapter_config.json"
+
+
+class TunaLoraLoaderMixin(LoraBaseMixin):
+    """`load_lora_weights` from a PEFT adapter directory or a diffusers LoRA file (keys prefixed `transformer.`)."""
+
+    _lora_loadable_modules = ["transformer"]
+    transformer_name = "transformer"
+
+    def load_lora_weights(
+        self,
+        pretrained_model_name_or_path_or_dict: str | os.PathLike | dict[str, torch.Tensor],
+        adapter_name: str | None = None,
+        **kwargs,
+    ):
+        """
+        Load a LoRA into `self.transformer` under `adapter_name`. A directory with `adapter_config.json` is a PEFT
+        adapter (as saved by `TunaForUnifiedMultimodal.save_pretrained` with an adapter, or by PEFT); anything else
+        is read as a diffusers LoRA state dict (`pytorch_lora_weights.safetensors`, see `save_lora_weights`).
+        """
+        source = pretrained_model_name_or_path_or_dict
+        if not isinstance(source, dict) and (Path(source) / PEFT_ADAPTER_CONFIG).is_file():
+            self.transformer.load_adapter(str(source), adapter_name=adapter_name)
+            return
+        state_dict, metadata = self.lora_state_dict(source, return_lora_metadata=True, **kwargs)
+        if not any(key.startswith(f"{self.transformer_name}.") for key in state_dict):
+            raise ValueError(
+                f"No LoRA weights for `{self.transformer_name}` in {source if not isinstance(source, dict) else 'the dict'}"
+                f": keys must start with `{self.transformer_name}.`."
+            )
+        _load_lora_into_text_encoder(
+            state_dict,
+            network_alphas=None,
+            text_encoder=self.transformer,
+            prefix=self.transformer_name,
+            text_encoder_name=self.transformer_name,
+            adapter_name=adapter_name,
+            _pipeline=self,
+            metadata=metadata,
+        )
+
+    @classmethod
+    def lora_state_dict(cls, pretrained_model_name_or_path_or_dict, return_lora_metadata: bool = False, **kwargs):
+        """A diffusers LoRA state dict from a dict, a file, a directory or a Hub repo (safetensors only)."""
+        state_dict, metadata = _fetch_state_dict(
+            pretrained_model_name_or_path_or_dict=pretrained_model_name_or_path_or_dict,
+            weight_name=kwargs.pop("weight_name", None),
+            use_safetensors=True,
+            local_files_only=kwargs.pop("local_files_only", None),
+            cache_dir=kwargs.pop("cache_dir", None),
+            force_download=kwargs.pop("force_download", False),
+            proxies=kwargs.pop("proxies", None),
+            token=kwargs.pop("token", None),
+            revision=kwargs.pop("revision", None),
+            subfolder=kwargs.pop("subfolder", None),
+            user_agent={"file_type": "attn_procs_weights", "framework": "pytorch"},
+            allow_pickle=False,
+        )
+        if kwargs:
+            raise TypeError(f"Unexpected arguments: {sorted(kwargs)}.")
+        return (state_dict, metadata) if return_lora_metadata else state_dict
+
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory: str | os.PathLike,
+        transformer_lora_layers: dict[str, torch.Tensor],
+        transformer_lora_adapter_metadata: dict | None = None,
+        **kwargs,
+    ):
+        """
+        Write `pytorch_lora_weights.safetensors` (keys prefixed `transformer.`). `transformer_lora_layers` is PEFT's
+        `get_peft_model_state_dict(model)`; `transformer_lora_adapter_metadata` its `LoraConfig.to_dict()`.
+        """
+        cls._save_lora_weights(
+            save_directory=save_directory,
+            lora_layers={cls.transformer_name: transformer_lora_layers},
+            lora_metadata={cls.transformer_name: transformer_lora_adapter_metadata},
+            **kwargs,
+        )

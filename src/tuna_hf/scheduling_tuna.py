@@ -1,0 +1,188 @@
+"""TUNA's flow-matching sampler as a diffusers scheduler.
+
+Diffusers' convention is kept on the outside: `sigma = 1` is noise, `timesteps = sigma · 1000`, decreasing. TUNA's
+time is `t = 1 − sigma` (t = 1 clean), which is what the model's `timesteps` argument takes (anatomy §6).
+
+* Tuna (`prediction_type="velocity"`): the model predicts `u = x_data − noise`. The official sampler integrates with
+  Euler on `linspace(0, 1, N)` shifted by `t / (t + s − s·t)` (= diffusers' static shift of sigma), so N "steps" are
+  N − 1 model calls (`tuna_pipeline.py`, `transport/integrators.py`).
+* Tuna-R / Tuna-2 (`prediction_type="x0"`): the official JiT sampler (`jit_utils.py`). Uniform grid
+  `linspace(0, 1, N + 1)` (the shift is ignored), velocity `(x0 − x) / max(0.05, 1 − t)`, Euler or Heun for the first
+  N − 1 intervals and always Euler for the last one: N calls (Euler) or 2N − 1 (Heun). The initial noise is scaled by
+  `noise_scale` (2). The grid is built in the model's dtype, as the official one (bf16 in the released configs).
+"""
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin  # noqa: F401  (diffusers' loader looks it up)
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
+
+SOLVERS = ("euler", "heun")
+
+# Official predict defaults (`scripts/launch/predict.sh`, `configs/predict/*.yaml`; anatomy §6.3).
+OFFICIAL_SAMPLING_DEFAULTS = {
+    "tuna": {
+        "prediction_type": "velocity",
+        "solver": "euler",
+        "shift": 3.0,
+        "noise_scale": 1.0,
+        "guidance_scale": 7.5,
+        "edit_guidance_scale": 7.5,
+        "video_guidance_scale": 6.0,
+    },
+    "tuna_r": {
+        "prediction_type": "x0",
+        "solver": "heun",
+        "shift": 1.0,
+        "noise_scale": 2.0,
+        "guidance_scale": 4.0,
+        "edit_guidance_scale": 5.0,
+    },
+    "tuna_2": {
+        "prediction_type": "x0",
+        "solver": "euler",
+        "shift": 1.0,
+        "noise_scale": 2.0,
+        "guidance_scale": 3.0,
+        "edit_guidance_scale": 2.0,
+    },
+}
+
+
+class TunaFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
+    """
+    The sampler shared by [`TunaPipeline`] and [`TunaEditPipeline`]; `step` takes the (guided) model prediction in
+    the model's own convention: TUNA velocity `x_data − noise`, or the clean sample x0.
+
+    Args:
+        num_train_timesteps (`int`, defaults to 1000): scale of `timesteps` (`sigma · num_train_timesteps`).
+        shift (`float`, defaults to 3.0): static time shift of the velocity grid (ignored for x0, as officially).
+        prediction_type (`str`): `"velocity"` (Tuna) or `"x0"` (Tuna-R, Tuna-2).
+        solver (`str`): `"euler"` or `"heun"` (Heun's last interval is Euler, as the official JiT sampler).
+        noise_scale (`float`): standard deviation of the initial noise (`init_noise_sigma`).
+        x0_min_denominator (`float`, defaults to 0.05): the JiT clamp of `1 − t` when x0 is turned into a velocity.
+        guidance_scale, edit_guidance_scale, video_guidance_scale (`float`): the variant's default classifier-free
+            guidance for text-to-image, editing and text-to-video, read by the pipelines.
+        guidance_interval (`tuple[float, float]`, defaults to (0, 1)): guidance is applied at flow times
+            `low < t < high` (`low = 0` includes t = 0), else the conditional prediction is used (official
+            `cfg_interval`).
+    """
+
+    _compatibles = []
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        shift: float = 3.0,
+        prediction_type: str = "velocity",
+        solver: str = "euler",
+        noise_scale: float = 1.0,
+        x0_min_denominator: float = 0.05,
+        guidance_scale: float = 7.5,
+        edit_guidance_scale: float = 7.5,
+        video_guidance_scale: float = 6.0,
+        guidance_interval: tuple[float, float] = (0.0, 1.0),
+    ):
+        if prediction_type not in ("velocity", "x0"):
+            raise ValueError(f'`prediction_type` must be "velocity" or "x0", got {prediction_type!r}.')
+        if solver not in SOLVERS:
+            raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
+        super().__init__(num_train_timesteps=num_train_timesteps, shift=shift if prediction_type == "velocity" else 1)
+        self._heun_state = None
+
+    @classmethod
+    def from_official_defaults(cls, variant: str, **overrides) -> "TunaFlowMatchScheduler":
+        """The official sampling defaults of `variant` (`"tuna"`, `"tuna_r"`, `"tuna_2"`; see `TunaConfig.variant`)."""
+        if variant not in OFFICIAL_SAMPLING_DEFAULTS:
+            raise ValueError(f"`variant` must be one of {tuple(OFFICIAL_SAMPLING_DEFAULTS)}, got {variant!r}.")
+        return cls(**{**OFFICIAL_SAMPLING_DEFAULTS[variant], **overrides})
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return self.config.noise_scale
+
+    @property
+    def num_model_calls(self) -> int:
+        return len(self.timesteps)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int,
+        device: str | torch.device | None = None,
+        grid_dtype: torch.dtype = torch.float32,
+    ):
+        """
+        The official grid of `num_inference_steps` (TUNA's meaning: grid points for velocity, intervals for x0).
+        `self.timesteps` holds one entry per model call; `grid_dtype` is the dtype the official x0 grid is built in
+        (the sample's dtype there).
+        """
+        if num_inference_steps < (2 if self.config.prediction_type == "velocity" else 1):
+            raise ValueError(f"`num_inference_steps` is too small for this sampler, got {num_inference_steps}.")
+        if self.config.prediction_type == "velocity":
+            super().set_timesteps(sigmas=np.linspace(1.0, 0.0, num_inference_steps)[:-1], device=device)
+        else:
+            times = torch.linspace(0, 1, num_inference_steps + 1, dtype=grid_dtype).double()
+            super().set_timesteps(sigmas=(1 - times[:-1]).numpy(), device=device)
+        if self.config.solver == "heun":
+            grid = self.timesteps
+            self.timesteps = torch.cat([grid[:1], grid[1:].repeat_interleave(2)])
+        self.num_inference_steps = num_inference_steps
+        self._heun_state = None
+
+    def flow_time(self, timestep: torch.Tensor) -> torch.Tensor:
+        """TUNA's time `t = 1 − sigma` of a diffusers `timestep`: what the model's `timesteps` argument takes."""
+        return 1 - timestep / self.config.num_train_timesteps
+
+    def guidance_scale_at(self, timestep: torch.Tensor, guidance_scale: float) -> float:
+        """`guidance_scale` inside `guidance_interval`, 1 (conditional prediction only) outside it."""
+        low, high = self.config.guidance_interval
+        t = float(self.flow_time(timestep))
+        return guidance_scale if t < high and (low == 0 or t > low) else 1.0
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor,
+        sample: torch.Tensor,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> FlowMatchEulerDiscreteSchedulerOutput | tuple:
+        """One model call's update. Heun alternates predictor and corrector calls; the last call is an Euler step."""
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        call, heun = self.step_index, self.config.solver == "heun"
+        last_call = call == self.num_model_calls - 1
+        if heun and not last_call:
+            interval, corrector = divmod(call, 2)
+        else:
+            interval, corrector = ((call + 1) // 2 if heun else call), False
+        sigma, sigma_next = self.sigmas[interval], self.sigmas[interval + 1]
+        dt = (sigma - sigma_next).to(sample.dtype)
+
+        if corrector:
+            start, first_velocity = self._heun_state
+            velocity = self._velocity(model_output, sample, sigma_next)
+            prev_sample = start + dt * (0.5 * (first_velocity + velocity))
+            self._heun_state = None
+        else:
+            velocity = self._velocity(model_output, sample, sigma)
+            prev_sample = sample + dt * velocity
+            if heun and not last_call:
+                self._heun_state = (sample, velocity)
+
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return FlowMatchEulerDiscreteSchedulerOutput(prev_sample=prev_sample)
+
+    def _velocity(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """dx/dt in TUNA time. x0 → velocity divides by `max(0.05, 1 − t)` as a Python float, as the official code."""
+        if self.config.prediction_type == "velocity":
+            return model_output.to(sample.dtype)
+        return (model_output.to(sample.dtype) - sample) / max(self.config.x0_min_denominator, float(sigma))
+
+
+__all__ = ["OFFICIAL_SAMPLING_DEFAULTS", "TunaFlowMatchScheduler"]
