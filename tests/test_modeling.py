@@ -8,18 +8,9 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from tuna_hf import TunaConfig, TunaForUnifiedMultimodal, TunaModel
-from tuna_hf.tiny import tiny_tuna_config, tiny_tuna_processor
+from tuna_hf.tiny import tiny_tuna_config, tiny_tuna_model, tiny_tuna_processor
 
 ENCODERS = ("vae_siglip", "siglip", "patch")
-
-
-def tiny_model(visual_encoder, tokenizer, **overrides):
-    torch.manual_seed(0)
-    model = TunaForUnifiedMultimodal(tiny_tuna_config(visual_encoder, tokenizer, **overrides)).eval()
-    with torch.no_grad():  # the official init zeroes the flow head's output: randomise it so tests see real values
-        for parameter in model.flow_head.parameters():
-            parameter.normal_(0, 0.05)
-    return model
 
 
 def question_inputs(processor, height=32, width=48, question="What is this?"):
@@ -37,7 +28,7 @@ def processor(byte_tokenizer):
 @pytest.mark.parametrize("visual_encoder", ENCODERS)
 @torch.no_grad()
 def test_forward_shapes(byte_tokenizer, processor, visual_encoder):
-    model = tiny_model(visual_encoder, byte_tokenizer)
+    model = tiny_tuna_model(visual_encoder, byte_tokenizer)
     inputs = processor.build_generation_inputs(["a red circle"], ["low quality"], height=32, width=48)
     latents = torch.randn(
         2, model.config.latent_channels, 1, *(32 // 16, 48 // 16) if visual_encoder == "vae_siglip" else (32, 48)
@@ -51,7 +42,7 @@ def test_forward_shapes(byte_tokenizer, processor, visual_encoder):
 @torch.no_grad()
 def test_omni_attention_mask(byte_tokenizer, processor):
     """Causal everywhere, bidirectional inside each span (timestep slot included), boi/eoi outside the span."""
-    model = tiny_model("patch", byte_tokenizer)
+    model = tiny_tuna_model("patch", byte_tokenizer)
     inputs = processor.build_generation_inputs(["a cat"], height=32, width=32)
     ids = inputs["input_ids"][0]
     span = (ids == model.config.image_token_id).nonzero().flatten()
@@ -70,7 +61,7 @@ def test_omni_attention_mask(byte_tokenizer, processor):
 @pytest.mark.parametrize("visual_encoder", ENCODERS)
 @torch.no_grad()
 def test_generate_with_cache_equals_without(byte_tokenizer, processor, visual_encoder):
-    model = tiny_model(visual_encoder, byte_tokenizer, sample_vae_posterior=False)
+    model = tiny_tuna_model(visual_encoder, byte_tokenizer, sample_vae_posterior=False)
     inputs = question_inputs(processor)
     cached = model.generate(**inputs, max_new_tokens=6, do_sample=False, use_cache=True)
     uncached = model.generate(**inputs, max_new_tokens=6, do_sample=False, use_cache=False)
@@ -81,7 +72,7 @@ def test_generate_with_cache_equals_without(byte_tokenizer, processor, visual_en
 @torch.no_grad()
 def test_tuna_video_frames_in_the_batch(byte_tokenizer, processor):
     """Tuna folds the latent frames into the SigLIP batch; 5 frames → 2 latent frames of tokens."""
-    model = tiny_model("vae_siglip", byte_tokenizer, sample_vae_posterior=False)
+    model = tiny_tuna_model("vae_siglip", byte_tokenizer, sample_vae_posterior=False)
     tokens = processor.num_image_tokens(32, 32, num_frames=5)
     assert tokens == 1 + 2 * 2 * 2
     ids = torch.tensor(
@@ -93,7 +84,7 @@ def test_tuna_video_frames_in_the_batch(byte_tokenizer, processor):
 
 @pytest.mark.parametrize("visual_encoder", ENCODERS)
 def test_save_load_is_bit_exact(tmp_path, byte_tokenizer, processor, visual_encoder):
-    model = tiny_model(visual_encoder, byte_tokenizer)
+    model = tiny_tuna_model(visual_encoder, byte_tokenizer)
     model.save_pretrained(tmp_path)
     loaded = AutoModelForImageTextToText.from_pretrained(tmp_path, dtype=torch.float32)
     assert type(loaded) is TunaForUnifiedMultimodal
@@ -104,7 +95,7 @@ def test_save_load_is_bit_exact(tmp_path, byte_tokenizer, processor, visual_enco
 
 
 def test_bfloat16_loading_keeps_the_vae_in_float32(tmp_path, byte_tokenizer, processor):
-    tiny_model("vae_siglip", byte_tokenizer).save_pretrained(tmp_path)
+    tiny_tuna_model("vae_siglip", byte_tokenizer).save_pretrained(tmp_path)
     model = AutoModelForImageTextToText.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert model.lm_head.weight.dtype == torch.bfloat16
     assert {p.dtype for p in model.model.vae.parameters()} == {torch.float32}
@@ -113,7 +104,7 @@ def test_bfloat16_loading_keeps_the_vae_in_float32(tmp_path, byte_tokenizer, pro
 
 
 def test_auto_classes_in_a_fresh_process(tmp_path, byte_tokenizer, processor):
-    tiny_model("patch", byte_tokenizer).save_pretrained(tmp_path / "transformer")
+    tiny_tuna_model("patch", byte_tokenizer).save_pretrained(tmp_path / "transformer")
     processor.save_pretrained(tmp_path / "processor")
     script = f"""
 import tuna_hf, torch
@@ -128,14 +119,14 @@ assert type(AutoProcessor.from_pretrained(root, subfolder="processor")).__name__
 
 
 def test_auto_model_is_the_base_model(tmp_path, byte_tokenizer):
-    tiny_model("siglip", byte_tokenizer).save_pretrained(tmp_path)
+    tiny_tuna_model("siglip", byte_tokenizer).save_pretrained(tmp_path)
     from transformers import AutoModel
 
     assert isinstance(AutoModel.from_pretrained(tmp_path), TunaModel)
 
 
 def test_image_text_to_text_pipeline(tmp_path, byte_tokenizer, processor):
-    tiny_model("patch", byte_tokenizer).save_pretrained(tmp_path)
+    tiny_tuna_model("patch", byte_tokenizer).save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     vqa = pipeline("image-text-to-text", model=str(tmp_path), processor=AutoProcessor.from_pretrained(tmp_path))
     from PIL import Image
@@ -147,7 +138,7 @@ def test_image_text_to_text_pipeline(tmp_path, byte_tokenizer, processor):
 
 
 def test_gradient_checkpointing_backward(byte_tokenizer, processor):
-    model = tiny_model("siglip", byte_tokenizer).train()
+    model = tiny_tuna_model("siglip", byte_tokenizer).train()
     model.activation_checkpointing_enable()
     inputs = question_inputs(processor)
     output = model(**inputs, labels=inputs["input_ids"], timesteps=torch.tensor([0.5]))
@@ -167,7 +158,7 @@ def test_tied_embeddings(byte_tokenizer):
 class TestErrors:
     @pytest.fixture(scope="class")
     def model(self, byte_tokenizer):
-        return tiny_model("patch", byte_tokenizer)
+        return tiny_tuna_model("patch", byte_tokenizer)
 
     def test_unknown_variant(self, byte_tokenizer):
         with pytest.raises(ValueError, match="visual_encoder.*'clip'"):
@@ -217,6 +208,6 @@ class TestErrors:
             model(input_ids=inputs["input_ids"], image_latents=torch.zeros(1, 3, 1, 32, 48), timesteps=torch.ones(3))
 
     def test_video_frame_count_for_the_vae(self, byte_tokenizer, processor):
-        model = tiny_model("vae_siglip", byte_tokenizer)
+        model = tiny_tuna_model("vae_siglip", byte_tokenizer)
         with pytest.raises(ValueError, match="1 \\+ 4·k frames"):
             model(input_ids=torch.zeros(1, 4, dtype=torch.long), pixel_values=torch.zeros(1, 3, 3, 32, 32))

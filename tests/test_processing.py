@@ -26,7 +26,7 @@ def synthetic_image(width=97, height=61, seed=0):
 def reference_transform(image, height, width):
     """Independent re-derivation of the official runner transform (PIL bicubic cover-resize, floor crop, [-1, 1])."""
     scale = max(width / image.width, height / image.height)
-    resized = image.resize((int(round(image.width * scale)), int(round(image.height * scale))), Image.BICUBIC)
+    resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
     left, top = (resized.width - width) // 2, (resized.height - height) // 2
     array = np.asarray(resized, dtype=np.float32)[top : top + height, left : left + width] / np.float32(255)
     return ((array - np.float32(0.5)) / np.float32(0.5)).transpose(2, 0, 1)

@@ -24,7 +24,7 @@ AutoModelForImageTextToText.register(TunaConfig, TunaForUnifiedMultimodal, exist
 AutoImageProcessor.register(TunaConfig, image_processor_classes={"pil": TunaImageProcessor}, exist_ok=True)
 AutoProcessor.register(TunaConfig, TunaProcessor, exist_ok=True)
 
-from .pipelines import TunaEditPipeline, TunaPipeline, TunaPipelineOutput, TunaVideoPipelineOutput  # noqa: E402
+from .pipelines import TunaEditPipeline, TunaPipeline, TunaPipelineOutput, TunaVideoPipelineOutput
 
 __all__ = [
     "TunaConfig",

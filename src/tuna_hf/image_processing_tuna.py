@@ -89,7 +89,7 @@ class TunaImageProcessor(PilBackend):
         scale = max(size.width / width, size.height / height)
         image = np_resize(
             image,
-            size=(int(round(height * scale)), int(round(width * scale))),
+            size=(round(height * scale), round(width * scale)),
             resample=resample if resample is not None else self.resample,
             data_format=ChannelDimension.FIRST,
             input_data_format=ChannelDimension.FIRST,

@@ -12,10 +12,9 @@ time is `t = 1 − sigma` (t = 1 clean), which is what the model's `timesteps` a
   `noise_scale` (2). The grid is built in the model's dtype, as the official one (bf16 in the released configs).
 """
 
-import numpy as np
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, SchedulerMixin  # noqa: F401  (diffusers' loader looks it up)
-from diffusers.configuration_utils import register_to_config
+from diffusers import SchedulerMixin
+from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
 
 SOLVERS = ("euler", "heun")
@@ -50,10 +49,13 @@ OFFICIAL_SAMPLING_DEFAULTS = {
 }
 
 
-class TunaFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
+class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     """
     The sampler shared by [`TunaPipeline`] and [`TunaEditPipeline`]; `step` takes the (guided) model prediction in
     the model's own convention: TUNA velocity `x_data − noise`, or the clean sample x0.
+
+    It follows `FlowMatchEulerDiscreteScheduler`'s conventions (sigmas, `timesteps = sigma · 1000`, static shift)
+    without subclassing it: its dynamic-shift and sigma-schedule options have no official counterpart here.
 
     Args:
         num_train_timesteps (`int`, defaults to 1000): scale of `timesteps` (`sigma · num_train_timesteps`).
@@ -69,7 +71,6 @@ class TunaFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
             `cfg_interval`).
     """
 
-    _compatibles = []
     order = 1
 
     @register_to_config
@@ -90,7 +91,9 @@ class TunaFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
             raise ValueError(f'`prediction_type` must be "velocity" or "x0", got {prediction_type!r}.')
         if solver not in SOLVERS:
             raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
-        super().__init__(num_train_timesteps=num_train_timesteps, shift=shift if prediction_type == "velocity" else 1)
+        self.timesteps = self.sigmas = None
+        self.num_inference_steps = None
+        self._step_index = None
         self._heun_state = None
 
     @classmethod
@@ -105,6 +108,11 @@ class TunaFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
         return self.config.noise_scale
 
     @property
+    def step_index(self) -> int | None:
+        """Index of the next model call in `timesteps` (None before the first `step`)."""
+        return self._step_index
+
+    @property
     def num_model_calls(self) -> int:
         return len(self.timesteps)
 
@@ -116,20 +124,28 @@ class TunaFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
     ):
         """
         The official grid of `num_inference_steps` (TUNA's meaning: grid points for velocity, intervals for x0).
-        `self.timesteps` holds one entry per model call; `grid_dtype` is the dtype the official x0 grid is built in
-        (the sample's dtype there).
+        `self.sigmas` is the grid (ending at 0), `self.timesteps` holds one entry per model call; `grid_dtype` is the
+        dtype the official x0 grid is built in (the sample's dtype there).
         """
-        if num_inference_steps < (2 if self.config.prediction_type == "velocity" else 1):
-            raise ValueError(f"`num_inference_steps` is too small for this sampler, got {num_inference_steps}.")
-        if self.config.prediction_type == "velocity":
-            super().set_timesteps(sigmas=np.linspace(1.0, 0.0, num_inference_steps)[:-1], device=device)
+        velocity = self.config.prediction_type == "velocity"
+        if not isinstance(num_inference_steps, int) or num_inference_steps < (2 if velocity else 1):
+            raise ValueError(
+                f"`num_inference_steps` must be an integer ≥ {2 if velocity else 1} for this sampler, "
+                f"got {num_inference_steps}."
+            )
+        if velocity:
+            sigmas = torch.linspace(1, 0, num_inference_steps, dtype=torch.float64)
+            shift = self.config.shift
+            sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
         else:
-            times = torch.linspace(0, 1, num_inference_steps + 1, dtype=grid_dtype).double()
-            super().set_timesteps(sigmas=(1 - times[:-1]).numpy(), device=device)
+            sigmas = 1 - torch.linspace(0, 1, num_inference_steps + 1, dtype=grid_dtype).double()
+        self.sigmas = sigmas.to(device=device, dtype=torch.float32)
+        calls = self.sigmas[:-1] * self.config.num_train_timesteps
         if self.config.solver == "heun":
-            grid = self.timesteps
-            self.timesteps = torch.cat([grid[:1], grid[1:].repeat_interleave(2)])
+            calls = torch.cat([calls[:1], calls[1:].repeat_interleave(2)])
+        self.timesteps = calls
         self.num_inference_steps = num_inference_steps
+        self._step_index = None
         self._heun_state = None
 
     def flow_time(self, timestep: torch.Tensor) -> torch.Tensor:
@@ -148,11 +164,10 @@ class TunaFlowMatchScheduler(FlowMatchEulerDiscreteScheduler):
         timestep: torch.Tensor,
         sample: torch.Tensor,
         return_dict: bool = True,
-        **kwargs,
     ) -> FlowMatchEulerDiscreteSchedulerOutput | tuple:
         """One model call's update. Heun alternates predictor and corrector calls; the last call is an Euler step."""
-        if self.step_index is None:
-            self._init_step_index(timestep)
+        if self._step_index is None:
+            self._step_index = int((self.timesteps == timestep).nonzero()[0])
         call, heun = self.step_index, self.config.solver == "heun"
         last_call = call == self.num_model_calls - 1
         if heun and not last_call:

@@ -1,10 +1,12 @@
 """Tiny random TUNA models and a byte-level tokenizer, built locally (no download): for tests, examples, benchmarks."""
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, SiglipVisionConfig
 
 from .configuration_tuna import TunaConfig
 from .image_processing_tuna import TunaImageProcessor
+from .modeling_tuna import TunaForUnifiedMultimodal
 from .processing_tuna import DEFAULT_CHAT_TEMPLATE, TunaProcessor, add_tuna_tokens, tuna_token_ids
 from .wan_vae import wan22_vae_config
 
@@ -77,6 +79,19 @@ def tiny_tuna_config(visual_encoder: str = "patch", tokenizer=None, hidden_size:
         **tuna_token_ids(tokenizer),
         **{**variant, **overrides},
     )
+
+
+def tiny_tuna_model(
+    visual_encoder: str = "patch", tokenizer=None, seed: int = 0, **overrides
+) -> TunaForUnifiedMultimodal:
+    """A random tiny TUNA in eval mode. The official init zeroes the flow head's output (AdaLN-Zero), so its
+    weights are drawn from N(0, 0.05²) to make the flow predictions non-trivial."""
+    torch.manual_seed(seed)
+    model = TunaForUnifiedMultimodal(tiny_tuna_config(visual_encoder, tokenizer, **overrides)).eval()
+    with torch.no_grad():
+        for parameter in model.flow_head.parameters():
+            parameter.normal_(0, 0.05)
+    return model
 
 
 def tiny_tuna_processor(tokenizer=None, height: int = 64, width: int = 64) -> TunaProcessor:

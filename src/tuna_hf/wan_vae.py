@@ -7,7 +7,7 @@ compression). We run that VAE as ``diffusers.AutoencoderKLWan`` and reproduce TU
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 

@@ -164,7 +164,8 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
                     prediction = uncond + self.scheduler.guidance_scale_at(t, self.guidance_scale) * (cond - uncond)
                 latents = self.scheduler.step(prediction, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
-                    callback_kwargs = {name: locals()[name] for name in callback_on_step_end_tensor_inputs}
+                    available = {"latents": latents}
+                    callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
                     latents = callback_outputs.pop("latents", latents)
                 progress_bar.update()

@@ -46,7 +46,16 @@ class TunaPipeline(TunaBasePipeline):
     """
 
     def check_inputs(
-        self, prompt, negative_prompt, height, width, num_frames, num_images_per_prompt, latents, output_type, callbacks
+        self,
+        prompt,
+        negative_prompt,
+        height,
+        width,
+        num_frames,
+        num_images_per_prompt,
+        latents,
+        output_type,
+        callbacks,
     ):
         self._check_common_inputs(height, width, num_images_per_prompt, latents, output_type, callbacks)
         prompts = self._check_prompts("prompt", prompt)
@@ -56,7 +65,9 @@ class TunaPipeline(TunaBasePipeline):
         if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % step:
             raise ValueError(f"`num_frames` must be 1 + {step}·k for this model, got {num_frames}.")
         if num_frames > 1 and self.transformer.config.variant != "tuna":
-            raise ValueError(f"Text-to-video needs the Tuna variant (Wan 2.2 VAE); this is {self.transformer.config.variant}.")
+            raise ValueError(
+                f"Text-to-video needs the Tuna variant (Wan 2.2 VAE); this is {self.transformer.config.variant}."
+            )
         return prompts
 
     def encode_prompt(
@@ -102,7 +113,7 @@ class TunaPipeline(TunaBasePipeline):
         return_dict: bool = True,
         use_prompt_cache: bool = True,
         callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> TunaPipelineOutput | TunaVideoPipelineOutput | tuple:
         r"""
         Args:

@@ -38,7 +38,9 @@ class TunaEditPipeline(TunaBasePipeline):
     ```
     """
 
-    def check_inputs(self, prompt, negative_prompt, height, width, num_images_per_prompt, latents, output_type, callbacks):
+    def check_inputs(
+        self, prompt, negative_prompt, height, width, num_images_per_prompt, latents, output_type, callbacks
+    ):
         self._check_common_inputs(height, width, num_images_per_prompt, latents, output_type, callbacks)
         prompts = self._check_prompts("prompt", prompt)
         if negative_prompt is not None:
@@ -118,7 +120,7 @@ class TunaEditPipeline(TunaBasePipeline):
         return_dict: bool = True,
         use_prompt_cache: bool = True,
         callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> TunaPipelineOutput | tuple:
         r"""
         Args:

@@ -1,0 +1,295 @@
+"""TunaPipeline / TunaEditPipeline on tiny random models: diffusers behaviour, caching, layout, loading, LoRA, errors."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+import tuna_hf.pipelines.base
+from tuna_hf import (
+    TunaEditPipeline,
+    TunaFlowMatchScheduler,
+    TunaForUnifiedMultimodal,
+    TunaPipeline,
+    TunaPipelineOutput,
+    TunaProcessor,
+    TunaVideoPipelineOutput,
+)
+from tuna_hf.tiny import tiny_tuna_model, tiny_tuna_processor
+
+ENCODERS = ("vae_siglip", "siglip", "patch")
+SIZE = 32
+STEPS = 3
+
+
+def tiny_pipeline(visual_encoder, tokenizer, cls=TunaPipeline):
+    model = tiny_tuna_model(visual_encoder, tokenizer)
+    scheduler = TunaFlowMatchScheduler.from_official_defaults(model.config.variant)
+    return cls(transformer=model, processor=tiny_tuna_processor(tokenizer, SIZE, SIZE), scheduler=scheduler)
+
+
+@pytest.fixture(scope="module")
+def pipelines(byte_tokenizer):
+    return {encoder: tiny_pipeline(encoder, byte_tokenizer) for encoder in ENCODERS}
+
+
+def generate(pipe, *args, seed=0, **kwargs):
+    """`pipe(*args, **kwargs).images` with few steps and a seeded generator; the prompt defaults to "a red circle"."""
+    kwargs = {"num_inference_steps": STEPS, "generator": torch.Generator().manual_seed(seed), **kwargs}
+    if not args and "prompt" not in kwargs:
+        kwargs["prompt"] = "a red circle"
+    return pipe(*args, **kwargs).images
+
+
+@pytest.mark.parametrize("visual_encoder", ENCODERS)
+def test_prompt_cache_gives_the_same_images(pipelines, visual_encoder):
+    """Different prompt lengths in one batch (left padding), CFG rows batched: cached and uncached samples agree."""
+    pipe = pipelines[visual_encoder]
+    prompts = ["a red circle", "a much longer prompt about a green triangle at the bottom"]
+    kwargs = {"negative_prompt": ["low quality", ""], "output_type": "latent"}
+    cached = generate(pipe, prompts, use_prompt_cache=True, **kwargs)
+    uncached = generate(pipe, prompts, use_prompt_cache=False, **kwargs)
+    assert cached.abs().max() > 0.1
+    torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("visual_encoder", ENCODERS)
+def test_edit_prompt_cache_gives_the_same_images(byte_tokenizer, pipelines, visual_encoder):
+    edit = TunaEditPipeline.from_pipe(pipelines[visual_encoder])
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    kwargs = {"image": image, "prompt": ["make it blue", "turn it into a large square"], "output_type": "latent"}
+    cached = generate(edit, use_prompt_cache=True, **kwargs)
+    uncached = generate(edit, use_prompt_cache=False, **kwargs)
+    torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)
+
+
+def test_batched_prompts_equal_single_prompts(pipelines):
+    pipe = pipelines["patch"]
+    prompts = ["a red circle", "a blue square at the top left of the picture"]
+    latents = 2 * torch.randn(2, 3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    batched = pipe(prompts, num_inference_steps=STEPS, latents=latents, output_type="latent").images
+    for i, prompt in enumerate(prompts):
+        single = pipe(prompt, num_inference_steps=STEPS, latents=latents[i : i + 1], output_type="latent").images
+        torch.testing.assert_close(batched[i : i + 1], single, atol=1e-4, rtol=1e-4)
+
+
+def test_seed_reproducibility_and_images_per_prompt(pipelines):
+    pipe = pipelines["siglip"]
+    first = generate(pipe, ["a", "b"], num_images_per_prompt=2, output_type="np")
+    again = generate(pipe, ["a", "b"], num_images_per_prompt=2, output_type="np")
+    assert first.shape == (4, SIZE, SIZE, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first[0], first[1])
+
+
+@pytest.mark.parametrize("visual_encoder", ENCODERS)
+def test_output_types(pipelines, visual_encoder):
+    pipe = pipelines[visual_encoder]
+    config = pipe.transformer.config
+    images = generate(pipe)
+    assert isinstance(images[0], PIL.Image.Image) and images[0].size == (SIZE, SIZE)
+    assert generate(pipe, output_type="pt").shape == (1, 3, SIZE, SIZE)
+    side = SIZE // pipe.vae_scale_factor
+    assert generate(pipe, output_type="latent").shape == (1, config.latent_channels, 1, side, side)
+    output = pipe("x", num_inference_steps=STEPS, return_dict=False)
+    assert isinstance(output, tuple) and len(output[0]) == 1
+
+
+def test_default_sampling_settings_come_from_the_scheduler(pipelines):
+    calls = []
+    pipe = pipelines["siglip"]  # Tuna-R: Heun, 2N − 1 calls, guidance 4
+    pipe("x", num_inference_steps=STEPS, callback_on_step_end=lambda p, i, t, kw: calls.append(p.guidance_scale) or {})
+    assert calls == [4.0] * (2 * STEPS - 1)
+
+
+def test_callback_can_change_latents_and_interrupt(pipelines):
+    pipe = pipelines["patch"]
+    seen = []
+
+    def callback(pipe, i, t, tensors):
+        seen.append(i)
+        if i == 1:
+            pipe._interrupt = True
+        return {"latents": torch.zeros_like(tensors["latents"])}
+
+    latents = pipe("x", num_inference_steps=4, callback_on_step_end=callback, output_type="latent").images
+    assert seen == [0, 1] and pipe.num_timesteps == 4
+    assert torch.equal(latents, torch.zeros_like(latents))
+
+
+def test_text_to_video(pipelines):
+    generator = torch.Generator().manual_seed(0)
+    frames = pipelines["vae_siglip"](
+        "x", num_frames=5, num_inference_steps=STEPS, generator=generator, output_type="np"
+    )
+    frames = frames.frames
+    assert frames.shape == (1, 5, SIZE, SIZE, 3)
+    output = pipelines["vae_siglip"]("x", num_frames=5, num_inference_steps=STEPS)
+    assert isinstance(output, TunaVideoPipelineOutput) and len(output.frames[0]) == 5
+    assert isinstance(output.frames[0][0], PIL.Image.Image)
+
+
+def test_edit_defaults_to_the_source_size(pipelines):
+    edit = TunaEditPipeline.from_pipe(pipelines["patch"])
+    image = PIL.Image.new("RGB", (50, 40), (200, 30, 30))
+    edited = edit(image, "make it blue", num_inference_steps=STEPS).images[0]
+    assert edited.size == (48, 32)
+
+
+def test_edit_image_latents_equal_image(pipelines):
+    """For the pixel variants the flow-space source is the processed image itself."""
+    edit = TunaEditPipeline.from_pipe(pipelines["siglip"])
+    image = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    pixels = edit.processor.image_processor(image, return_tensors="pt")["pixel_values"].unsqueeze(2)
+    from_image = generate(edit, image=image, prompt="make it blue", output_type="latent")
+    from_latents = generate(edit, image_latents=pixels, prompt="make it blue", output_type="latent")
+    torch.testing.assert_close(from_image, from_latents)
+
+
+def test_save_layout_and_generic_loading(tmp_path, pipelines):
+    pipe = pipelines["vae_siglip"]
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["_class_name"] == "TunaPipeline"
+    assert index["transformer"] == ["tuna_hf.modeling_tuna", "TunaForUnifiedMultimodal"]
+    assert index["processor"] == ["tuna_hf.processing_tuna", "TunaProcessor"]
+    assert index["scheduler"] == ["tuna_hf.scheduling_tuna", "TunaFlowMatchScheduler"]
+    assert json.loads((tmp_path / "transformer" / "config.json").read_text())["model_type"] == "tuna"
+
+    loaded = DiffusionPipeline.from_pretrained(tmp_path, dtype=torch.float32)
+    assert isinstance(loaded, TunaPipeline)
+    assert np.array_equal(generate(pipe, output_type="np"), generate(loaded, output_type="np"))
+    assert isinstance(
+        AutoModelForImageTextToText.from_pretrained(tmp_path, subfolder="transformer"), TunaForUnifiedMultimodal
+    )
+    assert isinstance(AutoProcessor.from_pretrained(tmp_path, subfolder="processor"), TunaProcessor)
+
+
+def test_from_pipe_shares_modules_without_casting(tmp_path, pipelines):
+    pipelines["vae_siglip"].save_pretrained(tmp_path)
+    pipe = TunaPipeline.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    edit = TunaEditPipeline.from_pipe(pipe)
+    assert edit.transformer is pipe.transformer and edit.scheduler is pipe.scheduler
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.transformer.model.vae.dtype == torch.float32
+    image = generate(edit, image=PIL.Image.new("RGB", (SIZE, SIZE)), prompt="make it red", output_type="np")
+    assert image.shape == (1, SIZE, SIZE, 3)
+
+
+def test_hub_repo_ids_go_through_download(tmp_path, pipelines, monkeypatch):
+    """Diffusers' own `download` rejects tuna_hf components; ours fetches the whole repository (no network here)."""
+    pipelines["patch"].save_pretrained(tmp_path)
+    requested = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        requested.append((repo_id, kwargs["revision"]))
+        return str(tmp_path)
+
+    monkeypatch.setattr(tuna_hf.pipelines.base, "snapshot_download", fake_snapshot_download)
+    loaded = TunaPipeline.from_pretrained("someone/tuna-2-tiny", revision="main", dtype=torch.float32)
+    assert requested == [("someone/tuna-2-tiny", "main")] and isinstance(loaded, TunaPipeline)
+
+
+class TestLora:
+    TARGETS = ["q_proj", "v_proj"]
+
+    @pytest.fixture
+    def pipe(self, byte_tokenizer):
+        return tiny_pipeline("patch", byte_tokenizer)
+
+    def add_random_lora(self, model):
+        from peft import LoraConfig
+
+        model.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=self.TARGETS), adapter_name="style")
+        torch.manual_seed(3)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_B" in name:
+                    parameter.normal_(0, 0.5)
+
+    def test_peft_directory_and_diffusers_file(self, tmp_path, byte_tokenizer, pipe):
+        from peft import get_peft_model_state_dict
+
+        base = generate(pipe, output_type="latent")
+        self.add_random_lora(pipe.transformer)
+        adapted = generate(pipe, output_type="latent")
+        assert (adapted - base).abs().max() > 1e-3
+        pipe.transformer.save_pretrained(tmp_path / "peft")
+        TunaPipeline.save_lora_weights(
+            tmp_path / "diffusers",
+            transformer_lora_layers=get_peft_model_state_dict(pipe.transformer, adapter_name="style"),
+            transformer_lora_adapter_metadata=pipe.transformer.peft_config["style"].to_dict(),
+        )
+        for source in (tmp_path / "peft", tmp_path / "diffusers"):
+            fresh = tiny_pipeline("patch", byte_tokenizer)
+            fresh.load_lora_weights(source, adapter_name="style")
+            torch.testing.assert_close(generate(fresh, output_type="latent"), adapted)
+
+    def test_set_adapters_fuse_and_unload(self, pipe):
+        base = generate(pipe, output_type="latent")
+        self.add_random_lora(pipe.transformer)
+        adapted = generate(pipe, output_type="latent")
+        pipe.set_adapters(["style"], adapter_weights=[0.0])
+        torch.testing.assert_close(generate(pipe, output_type="latent"), base)
+        pipe.set_adapters(["style"], adapter_weights=[1.0])
+        pipe.fuse_lora(components=["transformer"])
+        torch.testing.assert_close(generate(pipe, output_type="latent"), adapted, atol=1e-4, rtol=1e-4)
+        pipe.unfuse_lora(components=["transformer"])
+        pipe.unload_lora_weights()
+        torch.testing.assert_close(generate(pipe, output_type="latent"), base, atol=1e-5, rtol=1e-5)
+
+    def test_file_without_transformer_weights(self, tmp_path, pipe):
+        from safetensors.torch import save_file
+
+        save_file({"unet.lora_A.weight": torch.zeros(1)}, tmp_path / "pytorch_lora_weights.safetensors")
+        with pytest.raises(ValueError, match="keys must start with `transformer.`"):
+            pipe.load_lora_weights(tmp_path)
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        "kwargs, message",
+        [
+            ({"height": 40}, "`height` must be a positive multiple of 16"),
+            ({"output_type": "jpeg"}, "`output_type` must be one of"),
+            ({"negative_prompt": ["a", "b"]}, "`negative_prompt` has 2 entries for a batch of 1"),
+            ({"latents": torch.zeros(1, 3, 1, 8, 8)}, r"`latents` must have shape \(1, 3, 1, 32, 32\)"),
+            ({"num_frames": 5}, "Text-to-video needs the Tuna variant"),
+            ({"num_images_per_prompt": 0}, "`num_images_per_prompt` must be a positive integer"),
+            ({"callback_on_step_end_tensor_inputs": ["noise"]}, "`callback_on_step_end_tensor_inputs` must be in"),
+            ({"num_inference_steps": 0}, "`num_inference_steps` must be an integer"),
+        ],
+    )
+    def test_text_to_image_arguments(self, pipelines, kwargs, message):
+        with pytest.raises(ValueError, match=message):
+            pipelines["patch"]("x", **{"num_inference_steps": STEPS, **kwargs})
+
+    def test_prompt_longer_than_the_context(self, pipelines):
+        with pytest.raises(ValueError, match="`prompt` is too long"):
+            pipelines["patch"]("x" * 5000, num_inference_steps=STEPS)
+
+    def test_empty_prompt_list(self, pipelines):
+        with pytest.raises(ValueError, match="`prompt` must be a non-empty string or list of strings"):
+            pipelines["patch"]([], num_inference_steps=STEPS)
+
+    def test_edit_needs_exactly_one_source(self, pipelines):
+        edit = TunaEditPipeline.from_pipe(pipelines["patch"])
+        with pytest.raises(ValueError, match="exactly one of `image` and `image_latents`"):
+            edit(prompt="make it red", num_inference_steps=STEPS)
+
+    def test_edit_latents_shape(self, pipelines):
+        edit = TunaEditPipeline.from_pipe(pipelines["patch"])
+        with pytest.raises(ValueError, match=r"`image_latents` must be \[num_images, 3, 1, 32, 32\]"):
+            edit(image_latents=torch.zeros(1, 3, 32, 32), prompt="x", height=SIZE, width=SIZE)
+
+    def test_edit_sources_for_prompts(self, pipelines):
+        edit = TunaEditPipeline.from_pipe(pipelines["patch"])
+        images = [PIL.Image.new("RGB", (SIZE, SIZE))] * 2
+        with pytest.raises(ValueError, match="2 source images for 3 prompts"):
+            edit(images, ["a", "b", "c"], num_inference_steps=STEPS)
+
+    def test_output_type(self):
+        assert TunaPipelineOutput(images=[]).images == []
