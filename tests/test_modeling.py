@@ -184,8 +184,8 @@ class TestErrors:
             model(input_ids=inputs["input_ids"], pixel_values=torch.zeros(2, 3, 32, 48))
 
     def test_sequence_longer_than_context(self, model):
-        with pytest.raises(ValueError, match="exceeds the context of 4096"):
-            model(input_ids=torch.zeros(1, 4097, dtype=torch.long))
+        with pytest.raises(ValueError, match="exceeds the context of 8192"):
+            model(input_ids=torch.zeros(1, 8193, dtype=torch.long))
 
     def test_integer_pixels(self, model, processor):
         inputs = question_inputs(processor, height=32, width=48)

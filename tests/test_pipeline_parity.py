@@ -56,7 +56,8 @@ def assert_trajectory(recorder, outputs, prefix):
 
 
 def assert_image(image, expected_uint8):
-    difference = (torch.as_tensor(image).int() - expected_uint8.int()).abs().max()
+    """`image` is the pipeline's `"np"` output, float in [0, 1]."""
+    difference = (torch.as_tensor(image * 255).round().int() - expected_uint8.int()).abs().max()
     assert difference <= 1, f"uint8 images differ by up to {difference}"
 
 

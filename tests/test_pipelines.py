@@ -1,5 +1,6 @@
 """TunaPipeline / TunaEditPipeline on tiny random models: diffusers behaviour, caching, layout, loading, LoRA, errors."""
 
+import inspect
 import json
 
 import numpy as np
@@ -81,7 +82,7 @@ def test_seed_reproducibility_and_images_per_prompt(pipelines):
     pipe = pipelines["siglip"]
     first = generate(pipe, ["a", "b"], num_images_per_prompt=2, output_type="np")
     again = generate(pipe, ["a", "b"], num_images_per_prompt=2, output_type="np")
-    assert first.shape == (4, SIZE, SIZE, 3) and first.dtype == np.uint8
+    assert first.shape == (4, SIZE, SIZE, 3) and first.dtype == np.float32 and 0 <= first.min() <= first.max() <= 1
     assert np.array_equal(first, again)
     assert not np.array_equal(first[0], first[1])
 
@@ -269,7 +270,7 @@ class TestErrors:
 
     def test_prompt_longer_than_the_context(self, pipelines):
         with pytest.raises(ValueError, match="`prompt` is too long"):
-            pipelines["patch"]("x" * 5000, num_inference_steps=STEPS)
+            pipelines["patch"]("x" * 9000, num_inference_steps=STEPS)
 
     def test_empty_prompt_list(self, pipelines):
         with pytest.raises(ValueError, match="`prompt` must be a non-empty string or list of strings"):
@@ -293,3 +294,27 @@ class TestErrors:
 
     def test_output_type(self):
         assert TunaPipelineOutput(images=[]).images == []
+
+
+@pytest.mark.parametrize("cls", [TunaPipeline, TunaEditPipeline])
+def test_call_signature(cls):
+    """The parameters diffusers' `PipelineTesterMixin` requires, plus ours."""
+    parameters = inspect.signature(cls.__call__).parameters
+    required = {"prompt", "negative_prompt", "height", "width", "num_inference_steps", "guidance_scale"}
+    required |= {"num_images_per_prompt", "generator", "latents", "output_type", "return_dict"}
+    required |= {"callback_on_step_end", "callback_on_step_end_tensor_inputs", "use_prompt_cache"}
+    assert required <= set(parameters)
+    assert list(parameters)[1] == ("image" if cls is TunaEditPipeline else "prompt")
+
+
+def test_dict_and_tuple_outputs_are_equal(pipelines):
+    pipe = pipelines["vae_siglip"]
+    as_dict = generate(pipe, output_type="np")
+    as_tuple = pipe(
+        "a red circle",
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        return_dict=False,
+    )[0]
+    assert np.array_equal(as_dict, as_tuple)

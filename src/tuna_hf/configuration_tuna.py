@@ -88,6 +88,9 @@ class TunaConfig(PreTrainedConfig):
         mask_ratio_min / mask_ratio_max: per-sample masking ratio range (≤ 0 means no masking).
         image_token_id / boi_token_id / eoi_token_id: `<|image_pad|>` (every slot of an image span), `<|vision_start|>`
             and `<|vision_end|>`.
+        filled_layers: layers a converted *foundation* checkpoint lacked and the conversion filled (decoder layers
+            from the base LLM, flow-head blocks with the official fresh init), e.g.
+            `["model.language_model.layers.5", "flow_head.layers.3"]`; the `restore` training recipe trains these.
     """
 
     model_type = "tuna"
@@ -112,6 +115,7 @@ class TunaConfig(PreTrainedConfig):
     image_token_id: int = 151655
     boi_token_id: int = 151652
     eoi_token_id: int = 151653
+    filled_layers: list[str] | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

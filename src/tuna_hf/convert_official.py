@@ -1,16 +1,28 @@
-"""The official checkpoints (facebookresearch/tuna-2) in our terms: their model config and state-dict keys.
+"""The official checkpoints (facebookresearch/tuna-2) in our terms: their model config and state-dict keys, and the
+converter that turns one into a pipeline repository (`python conversion/convert_official.py --help`).
 
 Official inner-model keys (`tuna.model.*`, `diffusion_head_a.*`, …, see the anatomy §1.3) are renamed to ours; the
 Wan 2.2 VAE (`vae.model.*`, Tuna only) is converted to the diffusers `AutoencoderKLWan` layout.
 """
 
+import argparse
+import json
 import re
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, SiglipVisionConfig
+from diffusers import AutoencoderKLWan
+from transformers import AutoTokenizer, Qwen2Config, SiglipVisionConfig
+from transformers import initialization as init
 
 from .configuration_tuna import TunaConfig
+from .modeling_tuna import TunaForUnifiedMultimodal
+from .official_presets import OFFICIAL_PRESETS
+from .processing_tuna import add_tuna_tokens, tuna_token_ids
 from .wan_vae import convert_wan22_vae_state_dict, wan22_vae_config
 
 # Official wrapper class → our `visual_encoder`.
@@ -65,24 +77,38 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple
     return converted, unmapped
 
 
-def load_official_state_dict(model, state_dict: Mapping[str, torch.Tensor]) -> None:
-    """Load an official state dict into a `TunaForUnifiedMultimodal`, strictly: every mismatch is an error."""
+def load_official_state_dict(
+    model,
+    state_dict: Mapping[str, torch.Tensor],
+    extra: Mapping[str, torch.Tensor] | None = None,
+    allow_missing: set[str] = frozenset(),
+    allow_unexpected: bool = False,
+) -> list[str]:
+    """
+    Load an official state dict into a `TunaForUnifiedMultimodal`, strictly: missing keys, unexpected keys and shape
+    mismatches are reported together as one error. `extra` adds tensors already in our names (a VAE, filled
+    layers); `allow_missing` names keys the caller initialises itself; with `allow_unexpected` unmapped keys are
+    skipped and returned instead of raising.
+    """
     converted, unmapped = convert_official_state_dict(state_dict)
+    converted.update(extra or {})
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(converted))
+    missing = sorted(set(expected) - set(converted) - set(allow_missing))
     unexpected = sorted(unmapped + [key for key in converted if key not in expected])
     mismatched = sorted(
         f"{key}: checkpoint {tuple(converted[key].shape)} vs model {tuple(expected[key].shape)}"
         for key in set(converted) & set(expected)
         if converted[key].shape != expected[key].shape
     )
-    problems = {"missing keys": missing, "unexpected keys": unexpected, "shape mismatches": mismatched}
+    problems = {"missing keys": missing, "unexpected keys": [] if allow_unexpected else unexpected}
+    problems["shape mismatches"] = mismatched
     if any(problems.values()):
         raise ValueError(
             "The official checkpoint does not match the model:\n"
             + "\n".join(f"  {name} ({len(items)}): {items}" for name, items in problems.items() if items)
         )
-    model.load_state_dict(converted, strict=True)
+    model.load_state_dict({k: v for k, v in converted.items() if k in expected}, strict=not allow_missing)
+    return unexpected
 
 
 def tuna_config_from_official(
@@ -145,3 +171,329 @@ def _official_siglip_config(visual_encoder, model_kwargs, siglip_config) -> Sigl
     )
     config.vision_use_head = False
     return config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The converter: official checkpoint → pipeline repository.
+
+VARIANT_DESCRIPTIONS = {
+    "tuna": "Tuna model (Wan 2.2 VAE encoder → SigLIP2 → Qwen2.5; velocity flow matching in the VAE latent space)",
+    "tuna_r": "Tuna-R model (SigLIP2 on pixels → Qwen2.5; x0 flow matching in pixel space)",
+    "tuna_2": "Tuna-2 model (Conv2d patch embedding on pixels → Qwen2.5; x0 flow matching in pixel space)",
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+CHECKPOINT_WRAPPERS = ("model", "state_dict")
+LLM_LAYER = re.compile(r"^tuna\.model\.layers\.(\d+)\.")
+FLOW_HEAD_BLOCK = re.compile(r"^diffusion_head_a\.(\d+)\.")
+
+
+def load_official_checkpoint(path) -> dict[str, torch.Tensor]:
+    """An official `.pt` state dict (or one wrapped in `"model"`/`"state_dict"`), memory-mapped, tensors only."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    for wrapper in CHECKPOINT_WRAPPERS:
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):
+            checkpoint = checkpoint[wrapper]
+            break
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(
+            f"`--checkpoint` {path} is not a state dict of tensors (optionally under {CHECKPOINT_WRAPPERS})."
+        )
+    return checkpoint
+
+
+def read_official_model_config(path) -> tuple[str, dict]:
+    """`(official class, model kwargs)` from an official model YAML (`configs/model/*.yaml`) or a JSON of its keys."""
+    import yaml
+
+    values = yaml.safe_load(Path(path).read_text())  # JSON is YAML
+    if not isinstance(values, dict) or "_target_" not in values:
+        raise ValueError(f"`--official-config` {path} must be a mapping with the model class under `_target_`.")
+    return values.pop("_target_"), values
+
+
+def read_config_json(path) -> dict:
+    """A config from a JSON file or from a model directory's `config.json`."""
+    path = Path(path)
+    return json.loads((path / "config.json" if path.is_dir() else path).read_text())
+
+
+def load_vae_weights(path) -> dict[str, torch.Tensor]:
+    """Wan 2.2 VAE weights in our layout (`model.vae.*`): upstream `Wan2.2_VAE.pth`, or a diffusers model directory."""
+    path = Path(path)
+    if path.is_dir():
+        state_dict = AutoencoderKLWan.from_pretrained(path, torch_dtype=torch.float32).state_dict()
+    else:
+        upstream = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        state_dict = convert_wan22_vae_state_dict(upstream)
+    return {f"model.vae.{key}": tensor for key, tensor in state_dict.items()}
+
+
+def find_missing_layers(state_dict: Mapping[str, torch.Tensor], config: TunaConfig) -> tuple[list[int], list[int]]:
+    """Decoder layers and flow-head blocks with no key at all in an official checkpoint (a foundation checkpoint)."""
+
+    def present(pattern):
+        return {int(match[1]) for key in state_dict if (match := pattern.match(key))}
+
+    llm, flow = present(LLM_LAYER), present(FLOW_HEAD_BLOCK)
+    llm_missing = [i for i in range(config.text_config.num_hidden_layers) if i not in llm]
+    flow_missing = [i for i in range(config.flow_head_config.num_hidden_layers) if i not in flow]
+    return llm_missing, flow_missing
+
+
+def base_llm_layers(base_llm, layers: list[int]) -> dict[str, torch.Tensor]:
+    """Decoder layers `layers` of a Qwen2.5 checkpoint directory (safetensors), under our names."""
+    from safetensors import safe_open
+
+    wanted = tuple(f"model.layers.{i}." for i in layers)
+    tensors = {}
+    for shard in sorted(Path(base_llm).glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as reader:
+            for key in reader.keys():  # noqa: SIM118 (a safetensors reader is not iterable)
+                if key.startswith(wanted):
+                    tensors[key.replace("model.", "model.language_model.", 1)] = reader.get_tensor(key)
+    found = {int(key.split(".")[3]) for key in tensors}
+    if missing := sorted(set(layers) - found):
+        raise ValueError(f"`--base-llm` {base_llm} has no weights for decoder layers {missing}.")
+    return tensors
+
+
+@torch.no_grad()
+def initialize_flow_head_block(layer) -> None:
+    """The official fresh init of a flow-head block (anatomy §1.4): PyTorch-default Linears, zero AdaLN, unit norms."""
+    for module in layer.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.reset_parameters()
+        elif hasattr(module, "weight") and module.weight is not None and module.weight.dim() == 1:
+            module.weight.fill_(1.0)
+    layer.modulation.weight.zero_()
+    layer.modulation.bias.zero_()
+
+
+def render_model_card(**fields) -> str:
+    """The repository README from the `model_card.md` template."""
+    template = (resources.files("tuna_hf") / "model_card.md").read_text()
+    return template.format(**fields)
+
+
+def convert_official_checkpoint(
+    checkpoint,
+    output,
+    tokenizer,
+    official_config=None,
+    preset: str | None = None,
+    llm_config=None,
+    siglip_config=None,
+    vae=None,
+    vae_config=None,
+    base_llm=None,
+    dtype: str = "bf16",
+    max_shard_size: str = "5GB",
+    allow_unexpected: bool = False,
+    push_to_hub: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """
+    Convert an official checkpoint into a pipeline repository at `output` (see `conversion/README.md`): loadable by
+    `TunaPipeline.from_pretrained(output)` and `AutoModelForImageTextToText.from_pretrained(output,
+    subfolder="transformer")`. Written to a temporary folder beside `output` and renamed at the end.
+    """
+    from .image_processing_tuna import TunaImageProcessor
+    from .pipelines import TunaPipeline
+    from .processing_tuna import TunaProcessor
+    from .scheduling_tuna import TunaFlowMatchScheduler
+
+    output = Path(output)
+    if output.exists():
+        raise FileExistsError(f"`--output` {output} already exists; choose a new folder.")
+    if dtype not in DTYPES:
+        raise ValueError(f"`--dtype` must be one of {list(DTYPES)}, got {dtype!r}.")
+    spec = _official_spec(official_config, preset, llm_config, siglip_config)
+    text_tokenizer = add_tuna_tokens(AutoTokenizer.from_pretrained(tokenizer))
+    state_dict = load_official_checkpoint(checkpoint)
+
+    embeddings = state_dict.get("tuna.model.embed_tokens.weight")
+    if embeddings is None:
+        raise ValueError("`--checkpoint` has no `tuna.model.embed_tokens.weight`: not an official TUNA state dict.")
+    if embeddings.shape[0] != len(text_tokenizer):
+        raise ValueError(
+            f"The checkpoint's vocabulary has {embeddings.shape[0]} rows but `--tokenizer` with TUNA's four tokens has "
+            f"{len(text_tokenizer)}: pass the tokenizer the checkpoint was trained with."
+        )
+    llm_values = {**spec["llm_config"], "vocab_size": embeddings.shape[0]}
+    visual_encoder = OFFICIAL_VISUAL_ENCODERS.get(spec["official_class"].rsplit(".", 1)[-1])
+    if visual_encoder == "vae_siglip":
+        vae_kwargs = json.loads(Path(vae_config).read_text()) if vae_config else {}
+    elif vae is not None or vae_config is not None:
+        raise ValueError("`--vae`/`--vae-config` apply to the Tuna variant only.")
+    else:
+        vae_kwargs = None
+    config = tuna_config_from_official(
+        spec["official_class"],
+        spec["model_kwargs"],
+        llm_values,
+        _official_token_ids(text_tokenizer),
+        spec["siglip_config"],
+        vae_kwargs,
+    )
+
+    extra = {}
+    if vae is not None:
+        vae_keys = [key for key in state_dict if key.startswith(OFFICIAL_VAE_PREFIX)]
+        if vae_keys:
+            log(f"Using the VAE from --vae {vae}; ignoring the checkpoint's {len(vae_keys)} `vae.model.*` tensors.")
+        state_dict = {key: value for key, value in state_dict.items() if not key.startswith(OFFICIAL_VAE_PREFIX)}
+        extra.update(load_vae_weights(vae))
+    llm_missing, flow_missing = find_missing_layers(state_dict, config)
+    if llm_missing:
+        if base_llm is None:
+            raise ValueError(
+                f"The checkpoint lacks decoder layers {llm_missing} (a foundation checkpoint): pass `--base-llm` "
+                "with the Qwen2.5 checkpoint to fill them from."
+            )
+        extra.update(base_llm_layers(base_llm, llm_missing))
+    config.filled_layers = [f"model.language_model.layers.{i}" for i in llm_missing] + [
+        f"flow_head.layers.{i}" for i in flow_missing
+    ] or None
+
+    with init.no_init_weights():
+        model = TunaForUnifiedMultimodal._from_config(config, dtype=DTYPES[dtype])
+    if model.model.vae is not None:
+        model.model.vae.float()  # the VAE always runs in float32 (official), as `_keep_in_fp32_modules_strict` says
+    filled_flow_keys = {
+        key for key in model.state_dict() if key.startswith(tuple(f"flow_head.layers.{i}." for i in flow_missing))
+    }
+    ignored = load_official_state_dict(
+        model, state_dict, extra=extra, allow_missing=filled_flow_keys, allow_unexpected=allow_unexpected
+    )
+    for i in flow_missing:
+        initialize_flow_head_block(model.flow_head.layers[i])
+    model.tie_weights()
+    _log_conversion(log, config, llm_missing, flow_missing, ignored)
+
+    processor = TunaProcessor(TunaImageProcessor(), text_tokenizer)
+    scheduler = TunaFlowMatchScheduler.from_official_defaults(config.variant)
+    pipeline = TunaPipeline(transformer=model.eval(), processor=processor, scheduler=scheduler)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        pipeline.save_pretrained(staging, max_shard_size=max_shard_size)
+        card = _model_card_fields(output, push_to_hub, spec, config, scheduler)
+        (staging / "README.md").write_text(render_model_card(**card))
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"Wrote {output}")
+    if push_to_hub:
+        upload_repository(output, push_to_hub)
+        log(f"Pushed to https://huggingface.co/{push_to_hub}")
+    return output
+
+
+def upload_repository(folder, repo_id: str, private: bool = False) -> None:
+    """Create (if needed) the Hub model repository `repo_id` and upload `folder` into it."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model")
+
+
+def _official_spec(official_config, preset, llm_config, siglip_config) -> dict:
+    if (official_config is None) == (preset is None):
+        raise ValueError("Pass exactly one of `--official-config` and `--preset`.")
+    if preset is not None:
+        if preset not in OFFICIAL_PRESETS:
+            raise ValueError(f"`--preset` must be one of {list(OFFICIAL_PRESETS)}, got {preset!r}.")
+        spec = dict(OFFICIAL_PRESETS[preset])
+    else:
+        official_class, model_kwargs = read_official_model_config(official_config)
+        spec = {"official_class": official_class, "model_kwargs": model_kwargs, "llm_config": None}
+        spec["siglip_config"], spec["base_model"] = None, model_kwargs.get("llm_model_path")
+    if llm_config is not None:
+        spec["llm_config"] = read_config_json(llm_config)
+    if siglip_config is not None:
+        spec["siglip_config"] = read_config_json(siglip_config)
+    if spec["llm_config"] is None:
+        raise ValueError("`--llm-config` is required without `--preset` (the base Qwen2.5 config).")
+    return spec
+
+
+def _official_token_ids(tokenizer) -> dict[str, int]:
+    ids = tuna_token_ids(tokenizer)
+    return {"img_pad_id": ids["image_token_id"], "boi_id": ids["boi_token_id"], "eoi_id": ids["eoi_token_id"]}
+
+
+def _log_conversion(log, config, llm_missing, flow_missing, ignored) -> None:
+    log(
+        f"{config.variant}: decoder {config.text_config.num_hidden_layers} layers, flow head "
+        f"{config.flow_head_config.num_hidden_layers} blocks, vocabulary {config.text_config.vocab_size}"
+    )
+    if llm_missing or flow_missing:
+        log("Filled (foundation checkpoint):")
+        log("  part        | layers | filled from")
+        log(f"  decoder     | {llm_missing or '-'} | --base-llm")
+        log(f"  flow head   | {flow_missing or '-'} | official fresh init (PyTorch-default Linears, zero AdaLN)")
+    if ignored:
+        log(f"Ignored {len(ignored)} unexpected keys (--allow-unexpected): {ignored}")
+
+
+def _model_card_fields(output, repo_id, spec, config, scheduler) -> dict:
+    defaults = scheduler.config
+    sampling = (
+        f"{defaults.solver} sampler, {defaults.prediction_type} prediction, guidance {defaults.guidance_scale} "
+        f"(text-to-image) / {defaults.edit_guidance_scale} (editing), initial noise scale {defaults.noise_scale}"
+    )
+    filled = config.filled_layers
+    return {
+        "model_name": Path(output).name,
+        "repo_id": repo_id or str(output),
+        "license": "other",
+        "base_model": spec.get("base_model") or "Qwen/Qwen2.5-7B-Instruct",
+        "variant": config.variant,
+        "variant_description": VARIANT_DESCRIPTIONS[config.variant],
+        "sampling_defaults": sampling,
+        "filled_layers": (
+            "This is a foundation checkpoint: the conversion filled "
+            + ", ".join(f"`{name}`" for name in filled)
+            + " (listed in `transformer/config.json` as `filled_layers`); restore them with a short fine-tune."
+            if filled
+            else "All layers come from the official checkpoint."
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Convert an official TUNA checkpoint into a pipeline repository.")
+    parser.add_argument("--checkpoint", required=True, help="official inner-model state dict (.pt)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--official-config", help="official model YAML (configs/model/*.yaml) or a JSON of its keys")
+    source.add_argument("--preset", choices=sorted(OFFICIAL_PRESETS), help="a released official configuration")
+    parser.add_argument("--llm-config", help="base Qwen2.5 config (directory or JSON); the preset's by default")
+    parser.add_argument("--siglip-config", help="SigLIP vision config (directory or JSON) for Tuna and Tuna-R")
+    parser.add_argument("--vae", help="Tuna: Wan2.2_VAE.pth (upstream layout) or a diffusers AutoencoderKLWan dir")
+    parser.add_argument("--vae-config", help="Tuna: JSON of the official Wan VAE constructor arguments")
+    parser.add_argument("--tokenizer", required=True, help="the Qwen2.5 tokenizer directory")
+    parser.add_argument("--base-llm", help="Qwen2.5 checkpoint directory to fill a foundation checkpoint's layers")
+    parser.add_argument("--output", required=True, help="new folder for the pipeline repository")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--max-shard-size", default="5GB")
+    parser.add_argument("--allow-unexpected", action="store_true", help="skip unmapped checkpoint keys (listed)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the repository to the Hub afterwards")
+    args = parser.parse_args(argv)
+    convert_official_checkpoint(
+        checkpoint=args.checkpoint,
+        output=args.output,
+        tokenizer=args.tokenizer,
+        official_config=args.official_config,
+        preset=args.preset,
+        llm_config=args.llm_config,
+        siglip_config=args.siglip_config,
+        vae=args.vae,
+        vae_config=args.vae_config,
+        base_llm=args.base_llm,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        allow_unexpected=args.allow_unexpected,
+        push_to_hub=args.push_to_hub,
+    )

@@ -39,17 +39,20 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_tuna_config(visual_encoder: str = "patch", tokenizer=None, hidden_size: int = 64, **overrides) -> TunaConfig:
-    """A 2-layer TUNA of the given variant whose token ids match `tokenizer` (default: `build_byte_tokenizer()`)."""
+def tiny_tuna_config(
+    visual_encoder: str = "patch", tokenizer=None, hidden_size: int = 64, num_layers: int = 2, **overrides
+) -> TunaConfig:
+    """A TUNA of the given variant with `num_layers` decoder and flow-head layers, whose token ids match `tokenizer`
+    (default: `build_byte_tokenizer()`)."""
     tokenizer = tokenizer or build_byte_tokenizer()
     text_config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=4096,
+        max_position_embeddings=8192,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6},
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -57,10 +60,10 @@ def tiny_tuna_config(visual_encoder: str = "patch", tokenizer=None, hidden_size:
     flow_head_config = {
         "hidden_size": hidden_size,
         "intermediate_size": 2 * hidden_size,
-        "num_hidden_layers": 2,
+        "num_hidden_layers": num_layers,
         "num_attention_heads": 2,
         "num_key_value_heads": 1,
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": 8192,
     }
     variant = {
         "patch": {"latent_channels": 3, "patch_size": 16, "use_mask_token": True},

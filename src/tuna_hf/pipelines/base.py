@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
@@ -172,7 +173,10 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         return latents
 
     def decode(self, latents: torch.Tensor, output_type: str, video: bool = False):
-        """The final sample `[B, C, T, h, w]` → images (or videos) of `output_type`; `"latent"` returns it as is."""
+        """
+        The final sample `[B, C, T, h, w]` → images (or videos): PIL, or float32 in [0, 1] (`"np"`: `[B, (F,) H, W, 3]`,
+        `"pt"`: `[B, 3, (F,) H, W]`); `"latent"` returns the sample as is.
+        """
         if output_type == "latent":
             return latents
         config = self.transformer.config
@@ -184,4 +188,8 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         else:
             pixels = latents
         pixels = pixels.float() if video else pixels[:, :, 0].float()
-        return self.processor.image_processor.postprocess(pixels, output_type=output_type)
+        if output_type == "pil":
+            return self.processor.image_processor.postprocess(pixels, output_type="pil")
+        # The official uint8 (truncated `denorm`), as diffusers' float [0, 1]: `x · 255` gives it back exactly.
+        images = self.processor.image_processor.postprocess(pixels, output_type="np").astype(np.float32) / 255
+        return images if output_type == "np" else torch.from_numpy(images).movedim(-1, 1)

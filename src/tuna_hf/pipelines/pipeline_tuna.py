@@ -130,7 +130,8 @@ class TunaPipeline(TunaBasePipeline):
             generator (`torch.Generator` or list, *optional*): for the initial noise.
             latents (`torch.Tensor` `[B, C, T, h, w]`, *optional*): the initial sample exactly as the first model
                 call sees it (noise scale included).
-            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` (uint8) or `"latent"` (flow space).
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (float in [0, 1]), or
+                `"latent"` (flow space).
             return_dict (`bool`, defaults to True): return a [`TunaPipelineOutput`] (images) or
                 [`TunaVideoPipelineOutput`] (videos) rather than a tuple.
             use_prompt_cache (`bool`, defaults to True): compute the prompt once per call (False recomputes it at
