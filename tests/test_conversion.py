@@ -118,3 +118,83 @@ def test_wrapped_checkpoint(tmp_path):
     torch.save({"step": 3}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not a state dict of tensors"):
         load_official_checkpoint(tmp_path / "bad.pt")
+
+
+class TestFoundationAndStrictness:
+    """Edited copies of the Tuna-2 tiny checkpoint: removed layers, extra keys, wrong sizes."""
+
+    @pytest.fixture
+    def arguments(self, tmp_path):
+        return conversion_arguments("tuna_2", tmp_path, tmp_path / "repo")
+
+    @staticmethod
+    def replace_checkpoint(arguments, tmp_path, edit):
+        state_dict = dict(torch.load(arguments[1], weights_only=True))
+        edit(state_dict)
+        torch.save(state_dict, tmp_path / "edited.pt")
+        return ["--checkpoint", str(tmp_path / "edited.pt"), *arguments[2:]]
+
+    def test_foundation_checkpoint_is_filled_and_recorded(self, tmp_path, arguments, capsys):
+        from safetensors.torch import save_file
+
+        original = torch.load(arguments[1], weights_only=True)
+        layer_1 = {k: v for k, v in original.items() if k.startswith("tuna.model.layers.1.")}
+        save_file(
+            {k.replace("tuna.model.", "model.", 1): v.contiguous() for k, v in layer_1.items()},
+            tmp_path / "model.safetensors",
+        )
+
+        def remove_layers(state_dict):
+            for key in [k for k in state_dict if k.startswith(("tuna.model.layers.1.", "diffusion_head_a.1."))]:
+                del state_dict[key]
+
+        edited = self.replace_checkpoint(arguments, tmp_path, remove_layers)
+        with pytest.raises(ValueError, match=r"lacks decoder layers \[1\].*--base-llm"):
+            main(edited)
+        main([*edited, "--base-llm", str(tmp_path)])
+        assert "flow head   | [1]" in capsys.readouterr().out
+        model = AutoModelForImageTextToText.from_pretrained(tmp_path / "repo", subfolder="transformer")
+        assert model.config.filled_layers == ["model.language_model.layers.1", "flow_head.layers.1"]
+        for key, value in layer_1.items():
+            ours = model.state_dict()[key.replace("tuna.model.", "model.language_model.", 1)]
+            assert torch.equal(ours, value)
+        block = model.flow_head.layers[1]
+        assert not block.modulation.weight.any() and torch.equal(block.input_layernorm.weight, torch.ones(128))
+        assert "foundation checkpoint" in (tmp_path / "repo" / "README.md").read_text()
+
+    def test_unexpected_keys_are_errors_unless_allowed(self, tmp_path, arguments, capsys):
+        edited = self.replace_checkpoint(arguments, tmp_path, lambda sd: sd.update({"ema.shadow": torch.zeros(1)}))
+        with pytest.raises(ValueError, match=r"unexpected keys \(1\): \['ema.shadow'\]"):
+            main(edited)
+        main([*edited, "--allow-unexpected"])
+        assert "Ignored 1 unexpected keys" in capsys.readouterr().out
+
+    def test_shape_mismatch_against_a_preset(self, tmp_path, arguments):
+        """The tiny checkpoint is not a 7B one: every mismatching tensor is listed; nothing is written."""
+        index = arguments.index("--official-config")
+        preset = [*arguments[:index], "--preset", "tuna-2-7b", *arguments[index + 2 :]]
+        with pytest.raises(ValueError, match="shape mismatches"):
+            main(preset)
+        assert not (tmp_path / "repo").exists() and not any(p.name.startswith(".repo") for p in tmp_path.iterdir())
+
+    def test_existing_output_and_vocabulary(self, tmp_path, arguments):
+        (tmp_path / "repo").mkdir()
+        with pytest.raises(FileExistsError, match="already exists"):
+            main(arguments)
+        (tmp_path / "repo").rmdir()
+        edited = self.replace_checkpoint(
+            arguments, tmp_path, lambda sd: sd.update({"tuna.model.embed_tokens.weight": torch.zeros(600, 128)})
+        )
+        with pytest.raises(ValueError, match="vocabulary has 600 rows but `--tokenizer`.*538"):
+            main(edited)
+
+    def test_push_to_hub_uploads_the_folder(self, tmp_path, arguments, monkeypatch):
+        import huggingface_hub
+
+        calls = []
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(repo_id))
+        monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(kw))
+        main([*arguments, "--push-to-hub", "someone/tuna-2-tiny"])
+        assert calls[0] == "someone/tuna-2-tiny"
+        assert calls[1]["folder_path"] == str(tmp_path / "repo") and calls[1]["repo_id"] == "someone/tuna-2-tiny"
+        assert "someone/tuna-2-tiny" in (tmp_path / "repo" / "README.md").read_text()
