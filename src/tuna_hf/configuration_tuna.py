@@ -9,6 +9,10 @@ PREDICTION_TYPES = ("velocity", "x0")
 # Tuna predicts the flow velocity in Wan 2.2 latent space; Tuna-R / Tuna-2 predict clean pixels (JiT x0).
 DEFAULT_PREDICTION_TYPE = {"vae_siglip": "velocity", "siglip": "x0", "patch": "x0"}
 VARIANT_NAMES = {"vae_siglip": "tuna", "siglip": "tuna_r", "patch": "tuna_2"}
+# Official training coefficients and noise (model YAMLs, anatomy §1.1): Tuna weighs the text loss by 0.2, and the
+# pixel variants draw their noise with std 2 (JiT `noise_scale`).
+DEFAULT_NTP_COEFF = {"vae_siglip": 0.2, "siglip": 1.0, "patch": 1.0}
+DEFAULT_NOISE_SCALE = {"vae_siglip": 1.0, "siglip": 2.0, "patch": 2.0}
 
 # The official flow head always uses a llama3-scaled 1-D RoPE for text positions (`DiffusionHeadConfig`).
 FLOW_HEAD_TEXT_ROPE = {
@@ -88,6 +92,12 @@ class TunaConfig(PreTrainedConfig):
         mask_ratio_min / mask_ratio_max: per-sample masking ratio range (≤ 0 means no masking).
         image_token_id / boi_token_id / eoi_token_id: `<|image_pad|>` (every slot of an image span), `<|vision_start|>`
             and `<|vision_end|>`.
+        ntp_coeff / flow_coeff: weights of the next-token and flow losses (defaults: the official 0.2 / 1 for Tuna,
+            1 / 1 for Tuna-R and Tuna-2).
+        noise_scale: standard deviation of the training noise (1 for Tuna, 2 for the JiT pixel variants).
+        understanding_noise_prob / understanding_noise_level: during training, with this probability an
+            understanding (or edit-source) image is seen at t = 1 − U(0, level) instead of clean (official
+            `mmu_noise_prob` / `mmu_noise_level`; 0 = off).
         filled_layers: layers a converted *foundation* checkpoint lacked and the conversion filled (decoder layers
             from the base LLM, flow-head blocks with the official fresh init), e.g.
             `["model.language_model.layers.5", "flow_head.layers.3"]`; the `restore` training recipe trains these.
@@ -115,6 +125,11 @@ class TunaConfig(PreTrainedConfig):
     image_token_id: int = 151655
     boi_token_id: int = 151652
     eoi_token_id: int = 151653
+    ntp_coeff: float | None = None
+    flow_coeff: float = 1.0
+    noise_scale: float | None = None
+    understanding_noise_prob: float = 0.0
+    understanding_noise_level: float = 0.1
     filled_layers: list[str] | None = None
     tie_word_embeddings: bool = False
 
@@ -127,6 +142,10 @@ class TunaConfig(PreTrainedConfig):
             self.vision_config = {"model_type": "siglip_vision_model"}
         if self.prediction_type is None:
             self.prediction_type = DEFAULT_PREDICTION_TYPE[self.visual_encoder]
+        if self.ntp_coeff is None:
+            self.ntp_coeff = DEFAULT_NTP_COEFF[self.visual_encoder]
+        if self.noise_scale is None:
+            self.noise_scale = DEFAULT_NOISE_SCALE[self.visual_encoder]
         text = self.text_config if isinstance(self.text_config, PreTrainedConfig) else None
         if self.flow_head_config is None and text is not None:
             heads = text.hidden_size // 64

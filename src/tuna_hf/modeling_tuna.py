@@ -26,6 +26,7 @@ from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipVisi
 from transformers.utils import ModelOutput
 
 from .configuration_tuna import TunaConfig, TunaFlowHeadConfig
+from .losses import flow_loss, interpolate, sample_flow_times, sample_understanding_times
 from .processing_tuna import add_tuna_tokens, tuna_token_ids
 from .wan_vae import sample_wan_posterior
 
@@ -95,9 +96,12 @@ class TunaModelOutputWithPast(ModelOutput):
 
 @dataclass
 class TunaCausalLMOutputWithPast(ModelOutput):
-    """`flow_prediction`: `[num_images, C, T, H, W]` velocity (Tuna) or x0 (Tuna-R/Tuna-2), when `timesteps` is given."""
+    """`flow_prediction`: `[num_images, C, T, H, W]` velocity (Tuna) or x0 (Tuna-R/Tuna-2), when `timesteps` is given.
+    `loss` = `ntp_coeff · ntp_loss + flow_coeff · flow_loss` in training."""
 
     loss: torch.FloatTensor | None = None
+    ntp_loss: torch.FloatTensor | None = None
+    flow_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     past_key_values: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -395,8 +399,25 @@ class TunaModel(TunaPreTrainedModel):
         """Flow-space images `[n, C, T, H, W]` → visual tokens `[n, T·h·w, hidden]` (frame-major, raster order)."""
         image_latents = image_latents.to(self.dtype)
         if self.config.visual_encoder == "patch":
-            return self.patch_embed(image_latents)
-        return self.connector(self.vision_tower(image_latents))
+            features = self.patch_embed(image_latents)
+        else:
+            features = self.connector(self.vision_tower(image_latents))
+        if self.training and self.mask_token is not None:
+            features = self.mask_features(features)
+        return features
+
+    def mask_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Masked feature learning (Tuna-2 paper; official DeTok-style masking in training): per image, a ratio is
+        drawn from U(mask_ratio_min, mask_ratio_max) and that share of its tokens (none when ≤ 0, so ~70 % of images
+        with the official range) is replaced by the learned mask token."""
+        num_images, num_tokens = features.shape[:2]
+        ratios = torch.empty(num_images, device=features.device).uniform_(
+            self.config.mask_ratio_min, self.config.mask_ratio_max
+        )
+        num_masked = (num_tokens * ratios).long().clamp(min=0)  # int() truncation, as officially
+        rank = torch.rand(num_images, num_tokens, device=features.device).argsort(dim=1).argsort(dim=1)
+        masked = rank < num_masked[:, None]
+        return torch.where(masked[..., None], self.mask_token.to(features.dtype), features)
 
     def forward(
         self,
@@ -579,6 +600,7 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: TunaConfig):
         super().__init__(config)
+        self.loss_type = "ForCausalLM"  # the text loss; transformers would guess it from the class name
         self.model = TunaModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         out_features = config.patch_size**2 * config.latent_channels
@@ -653,6 +675,8 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         flow_head_past_key_values: Cache | None = None,
+        generation_targets: torch.BoolTensor | None = None,
+        flow_noise: torch.FloatTensor | None = None,
         **kwargs,
     ) -> TunaCausalLMOutputWithPast:
         r"""
@@ -664,7 +688,21 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             without images, to cache a text prompt) and appends the new tokens' keys and values to it. A prompt's
             flow-head states do not depend on the image being denoised (anatomy §9), so the pipelines fill both caches
             once and then run only the image span at each denoising step.
+        labels (`[B, L]`, *optional*):
+            Next-token targets (-100 where no loss), for the text loss.
+        generation_targets (`[num_images]` bool, *optional*):
+            Training on clean images: the marked ones are generation targets, noised to a sampled flow time (or
+            `timesteps`) with `flow_noise` (default: fresh noise of std `config.noise_scale`); the others are
+            understanding inputs or edit sources, seen at t = 1 (see `config.understanding_noise_prob`). The flow
+            loss (velocity MSE for Tuna, the JiT x0 loss otherwise) joins the text loss:
+            `loss = ntp_coeff · ntp_loss + flow_coeff · flow_loss`.
         """
+        flow_training = None
+        if generation_targets is not None:
+            image_latents, timesteps, flow_training = self._noise_for_training(
+                pixel_values, image_latents, timesteps, generation_targets, flow_noise
+            )
+            pixel_values = None
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -680,16 +718,36 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])
-        loss = None
+        ntp_loss = None
         if labels is not None:
-            loss = self.loss_function(logits, labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+            ntp_loss = self.loss_function(logits, labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+            ntp_loss = torch.nan_to_num(ntp_loss)  # no answer token in the batch: 0, as the official `ntp_loss`
 
         flow_prediction = None
         denoising = timesteps is not None and outputs.image_spans is not None
         if denoising or flow_head_past_key_values is not None:
             flow_prediction = self.predict_flow(outputs, past_key_values=flow_head_past_key_values, **kwargs)
+        flow_loss_value = None
+        if flow_training is not None and flow_training["targets"].any():
+            targets = flow_training["targets"]
+            flow_loss_value = flow_loss(
+                flow_prediction[targets],
+                flow_training["clean"][targets],
+                flow_training["noise"][targets],
+                timesteps[targets],
+                self.config.prediction_type,
+            )
+        loss = None
+        if ntp_loss is not None or flow_loss_value is not None:
+            loss = sum(
+                coeff * value
+                for coeff, value in ((self.config.ntp_coeff, ntp_loss), (self.config.flow_coeff, flow_loss_value))
+                if value is not None
+            )
         return TunaCausalLMOutputWithPast(
             loss=loss,
+            ntp_loss=ntp_loss,
+            flow_loss=flow_loss_value,
             logits=logits,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
@@ -697,6 +755,31 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             flow_prediction=flow_prediction if denoising else None,
             flow_head_past_key_values=flow_head_past_key_values,
         )
+
+    def _noise_for_training(self, pixel_values, image_latents, timesteps, generation_targets, flow_noise):
+        """Clean images → the model's inputs: generation targets at sampled (or given) times, the others at t ≈ 1."""
+        clean = self.model.encode_images(pixel_values) if pixel_values is not None else image_latents
+        if clean is None:
+            raise ValueError("`generation_targets` needs the clean images as `pixel_values` or `image_latents`.")
+        targets = torch.as_tensor(generation_targets, dtype=torch.bool, device=clean.device).reshape(-1)
+        if targets.numel() != clean.shape[0]:
+            raise ValueError(
+                f"`generation_targets` needs one flag per image ({clean.shape[0]}), got {targets.numel()}."
+            )
+        if timesteps is None:
+            config = self.config
+            timesteps = sample_understanding_times(
+                clean.shape[0], config.understanding_noise_prob, config.understanding_noise_level, clean.device
+            )
+            timesteps[targets] = sample_flow_times(int(targets.sum()), config.prediction_type, clean.device)
+        timesteps = self.model._check_timesteps(timesteps, clean)
+        noise = flow_noise if flow_noise is not None else torch.randn_like(clean) * self.config.noise_scale
+        if noise.shape != clean.shape:
+            raise ValueError(
+                f"`flow_noise` must have the images' shape {tuple(clean.shape)}, got {tuple(noise.shape)}."
+            )
+        noisy = interpolate(clean, noise, timesteps)
+        return noisy, timesteps, {"clean": clean, "noise": noise, "targets": targets}
 
     def predict_flow(self, outputs: TunaModelOutputWithPast, **kwargs) -> torch.Tensor | None:
         """Flow head over the decoder output → `[num_images, C, T, H, W]` in the flow space (None without images)."""

@@ -1,0 +1,210 @@
+"""Train or fine-tune TUNA with accelerate: one CPU process, or many GPUs/nodes with FSDP (see README, `accelerate/`).
+
+    accelerate launch examples/train.py --model PIPELINE_DIR --data mmu_pairs.jsonl ti_pairs.jsonl \
+        --recipe lora-all --output runs/lora --max-steps 1000
+
+Mixed batches of understanding, text-to-image, editing and video samples (the official jsonl formats,
+`tuna_hf.data`), the model's own losses (`loss = ntp_coeff · ntp + flow_coeff · flow`), a named recipe
+(`tuna_hf.recipes`), AdamW with the official betas/weight decay, linear warm-up, gradient clipping 1.0, gradient
+accumulation, optional gradient checkpointing, checkpoints every `--checkpointing-steps` (`--resume-from` continues
+the same run), losses logged to `OUTPUT/log.jsonl`, sample images every `--sample-every` steps. The result is a
+pipeline repository (full recipes) or a PEFT adapter (LoRA recipes) that `AutoModelForImageTextToText` (`load_adapter`)
+and `TunaPipeline.load_lora_weights` both load.
+"""
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from tuna_hf import TunaPipeline
+from tuna_hf.data import ResolutionBucketSampler, TunaDataCollator, TunaDataset
+from tuna_hf.recipes import RECIPES, apply_recipe, count_trainable_parameters
+
+CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)$")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="pipeline repository to start from")
+    parser.add_argument("--data", nargs="+", required=True, help="jsonl files in the official formats")
+    parser.add_argument("--resolution", nargs="+", default=["512x512"], help="HxW buckets, multiples of 16")
+    parser.add_argument("--recipe", default="stage2", choices=sorted(RECIPES))
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--max-steps", type=int, default=1000, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=1, help="per process")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, help="default: the recipe's")
+    parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--caption-dropout", type=float, default=0.1, help="empty captions, for CFG")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--checkpointing-steps", type=int, default=500)
+    parser.add_argument("--resume-from", help="a checkpoint folder, or 'latest' in --output")
+    parser.add_argument("--sample-every", type=int, default=0, help="write sample images every N steps (0: never)")
+    parser.add_argument("--sample-prompts", nargs="+", default=["a photo of a cat"])
+    parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    height, width = (int(side) for side in text.lower().split("x"))
+    return height, width
+
+
+def learning_rate_schedule(warmup_steps: int):
+    """Linear warm-up, then constant (the official `fsdp_utils` schedule)."""
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    checkpoints = [path for path in output.glob("checkpoint-*") if CHECKPOINT_PATTERN.search(path.name)]
+    return max(checkpoints, key=lambda path: int(CHECKPOINT_PATTERN.search(path.name)[1]), default=None)
+
+
+def save_result(accelerator, model, pipeline, output: Path, lora: bool) -> None:
+    """Full recipes: a pipeline repository in `output/pipeline`; LoRA recipes: the PEFT adapter in `output/adapter`.
+    The state dict is gathered from all processes first (FSDP shards it)."""
+    state_dict = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return
+    unwrapped = accelerator.unwrap_model(model)
+    if lora:
+        unwrapped.save_pretrained(output / "adapter", state_dict=state_dict)
+        return
+    repository = output / "pipeline"
+    pipeline.save_config(repository)  # model_index.json
+    unwrapped.save_pretrained(repository / "transformer", state_dict=state_dict)
+    pipeline.processor.save_pretrained(repository / "processor")
+    pipeline.scheduler.save_pretrained(repository / "scheduler")
+
+
+@torch.no_grad()
+def write_samples(accelerator, model, pipeline, args, step: int) -> None:
+    """Sample images of `--sample-prompts` (single process or DDP; FSDP shards the weights, so no samples there)."""
+    if not accelerator.is_main_process or accelerator.distributed_type == DistributedType.FSDP:
+        return
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    sampler = TunaPipeline(unwrapped, pipeline.processor, pipeline.scheduler)
+    sampler.set_progress_bar_config(disable=True)
+    height, width = parse_resolution(args.resolution[0])
+    images = sampler(
+        args.sample_prompts,
+        height=height,
+        width=width,
+        num_inference_steps=args.sample_steps,
+        generator=torch.Generator().manual_seed(args.seed),
+    ).images
+    folder = args.output / "samples" / f"step-{step:06d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        image.save(folder / f"{index}.png")
+    unwrapped.train()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # Without GPUs, processes started by torchrun form a gloo group (MULTI_CPU), see examples/accelerate/multi_cpu.yaml.
+    # A batch without images (or without text labels) leaves the flow head (or parts of the decoder's inputs) unused.
+    unused = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        cpu=not torch.cuda.is_available(),
+        kwargs_handlers=[unused],
+    )
+    set_seed(args.seed)
+    args.output.mkdir(parents=True, exist_ok=True)
+
+    pipeline = TunaPipeline.from_pretrained(args.model, dtype=torch.float32)
+    model = pipeline.transformer
+    recipe = apply_recipe(model, args.recipe, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    accelerator.print(f"recipe {recipe.name}: {count_trainable_parameters(model):,} trainable parameters")
+
+    resolutions = [parse_resolution(r) for r in args.resolution]
+    dataset = TunaDataset.from_jsonl(args.data, resolutions, caption_dropout=args.caption_dropout, seed=args.seed)
+    collator = TunaDataCollator(pipeline.processor)
+    sampler = ResolutionBucketSampler(dataset.buckets, args.batch_size, seed=args.seed)
+    # A loader generator of its own: each new epoch iterator draws a seed from it, not from the global RNG that the
+    # model's noise and masking use (else a resumed run's first iterator would shift that RNG).
+    loader_generator = torch.Generator().manual_seed(args.seed)
+    dataloader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, generator=loader_generator)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=args.learning_rate or recipe.learning_rate,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        weight_decay=0.01,
+    )
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_schedule(args.warmup_steps))
+    model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+
+    step = 0
+    resume = latest_checkpoint(args.output) if args.resume_from == "latest" else args.resume_from
+    if resume:
+        accelerator.load_state(str(resume))
+        step = int(CHECKPOINT_PATTERN.search(Path(resume).name)[1])
+        accelerator.print(f"resumed from {resume} at step {step}")
+    batches_per_epoch = len(dataloader)
+    skip = step * args.gradient_accumulation_steps
+    log = (args.output / "log.jsonl").open("a") if accelerator.is_main_process else None
+    progress = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process)
+    epoch = skip // batches_per_epoch
+    while step < args.max_steps:
+        # The batch order depends on the epoch only, so a resumed run sees the batches the first run would have.
+        sampler.set_epoch(epoch)
+        epoch_loader = dataloader
+        if skip % batches_per_epoch and epoch == skip // batches_per_epoch:
+            epoch_loader = accelerator.skip_first_batches(dataloader, skip % batches_per_epoch)
+        epoch_loader.set_epoch(epoch)  # also the dataset's (caption dropout)
+        for batch in epoch_loader:
+            with accelerator.accumulate(model):
+                outputs = model(**batch)
+                accelerator.backward(outputs.loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update()
+            record = {"step": step, "loss": accelerator.gather(outputs.loss.detach()).mean().item()}
+            for name in ("ntp_loss", "flow_loss"):
+                if (value := getattr(outputs, name)) is not None:
+                    record[name] = value.item()
+            if log is not None and (step % args.log_every == 0 or step == 1):
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            progress.set_postfix(loss=f"{record['loss']:.4f}")
+            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+                accelerator.save_state(str(args.output / f"checkpoint-{step}"))
+            if args.sample_every and step % args.sample_every == 0:
+                write_samples(accelerator, model, pipeline, args, step)
+            if step >= args.max_steps:
+                break
+        epoch += 1
+    progress.close()
+    accelerator.wait_for_everyone()
+    save_result(accelerator, model, pipeline, args.output, lora=recipe.lora_targets is not None)
+    accelerator.print(
+        f"saved to {args.output} after {step} steps (epochs: {math.ceil(step / max(batches_per_epoch, 1))})"
+    )
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
