@@ -129,7 +129,7 @@ def main(argv=None):
     model = pipeline.transformer
     recipe = apply_recipe(model, args.recipe, lora_rank=args.lora_rank, lora_alpha=2 * args.lora_rank)
     if args.gradient_checkpointing:
-        model.activation_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     accelerator.print(f"recipe {recipe.name}: {count_trainable_parameters(model):,} trainable parameters")
 

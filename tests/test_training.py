@@ -316,7 +316,16 @@ class TestTrainScript:
 
     def test_lora_recipe_saves_an_adapter(self, tmp_path, tiny_repository, data_dir):
         self.run(
-            tiny_repository, data_dir, tmp_path, "--max-steps", "2", "--recipe", "lora-generation", "--lora-rank", "4"
+            tiny_repository,
+            data_dir,
+            tmp_path,
+            "--max-steps",
+            "2",
+            "--recipe",
+            "lora-generation",
+            "--lora-rank",
+            "4",
+            "--gradient-checkpointing",
         )
         assert (tmp_path / "adapter" / "adapter_config.json").exists()
         pipe = TunaPipeline.from_pretrained(tiny_repository, dtype=torch.float32)
@@ -363,3 +372,17 @@ class TestTrainScript:
         trained = TunaForUnifiedMultimodal.from_pretrained(tmp_path / "pipeline" / "transformer").state_dict()
         start = TunaForUnifiedMultimodal.from_pretrained(tiny_repository / "transformer").state_dict()
         assert any(not torch.equal(trained[key], start[key]) for key in start)
+
+
+def test_fsdp2_sharding_on_cpu(tmp_path):
+    """accelerate 1.15 runs FSDP only on accelerators; torch's FSDP2 shards the model on CPU (gloo) with the same
+    wrapping, and the gathered weights save and load through `save_pretrained` / `from_pretrained`."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29563"]
+    command += [str(REPO / "tests" / "fsdp_worker.py"), str(tmp_path)]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    gathered = torch.load(tmp_path / "gathered.pt", weights_only=True)
+    loaded = TunaForUnifiedMultimodal.from_pretrained(tmp_path).state_dict()
+    start = tiny_tuna_model("patch").state_dict()
+    assert all(torch.equal(loaded[key], gathered[key]) for key in gathered)
+    assert sum(not torch.equal(loaded[key], start[key]) for key in start) > len(start) // 2
