@@ -1,10 +1,15 @@
-"""Quickstart: VQA, text-to-image and editing through the Hugging Face APIs, on a freshly built *random* tiny TUNA.
+"""Quickstart: a tiny Tuna-2 on the synthetic shapes world answers questions, draws a grid of prompts and edits.
 
-No trained weights ship yet (the embedded shapes checkpoint is a later milestone), so the answers and pictures are
-noise. The run shows the API end to end: a pipeline repository saved and loaded back (`TunaPipeline`,
-`TunaEditPipeline.from_pipe`, `AutoModelForImageTextToText` + `AutoProcessor` from its `transformer/` and
-`processor/` folders), the chat template and KV-cached `generate()`, and the samplers with prompt caching.
-Outputs go to `outputs/`.
+    python examples/quickstart.py [--model checkpoints/shapes-tuna-2] [--output-dir outputs] [--seed 0]
+
+Loads the pipeline repository with `TunaPipeline` / `TunaEditPipeline` and, for questions, with
+`AutoModelForImageTextToText` + `AutoProcessor` from its `transformer/` and `processor/` folders. It answers
+questions about a drawn scene, generates a grid of prompts, performs edits, and writes the pictures and a report to
+`outputs/`. The same seed gives the same pictures.
+
+The trained shapes checkpoint is not committed yet (`examples/shapes/build_checkpoint.sh` builds it; see the README).
+Until it is, the default run builds a *random* tiny Tuna-2 repository in `outputs/` and says so: the whole API runs,
+but answers and pictures are noise.
 """
 
 import argparse
@@ -12,73 +17,112 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tuna_hf import TunaEditPipeline, TunaFlowMatchScheduler, TunaPipeline
+from tuna_hf.shapes import CANVAS, QUESTIONS, Scene, read_scene
 from tuna_hf.tiny import tiny_tuna_model, tiny_tuna_processor
 
-SIZE = 64
+REPO = Path(__file__).resolve().parents[1]
+GRID = [
+    Scene("red", "circle", "top left"),
+    Scene("green", "square", "top"),
+    Scene("blue", "triangle", "top right"),
+    Scene("yellow", "square", "left"),
+    Scene("purple", "circle", "center"),
+    Scene("orange", "triangle", "right"),
+    Scene("blue", "circle", "bottom left"),
+    Scene("red", "triangle", "bottom"),
+    Scene("green", "circle", "bottom right"),
+]
+EDITS = [
+    (Scene("red", "circle", "center"), "make it blue"),
+    (Scene("green", "square", "top left"), "turn it into a triangle"),
+    (Scene("purple", "triangle", "bottom"), "move it to the top right"),
+]
+CELL, LABEL = 192, 36
 
 
-def build_repository(folder: Path, visual_encoder: str, seed: int) -> None:
-    processor = tiny_tuna_processor(height=SIZE, width=SIZE)
-    model = tiny_tuna_model(visual_encoder, processor.tokenizer, seed=seed)
-    scheduler = TunaFlowMatchScheduler.from_official_defaults(model.config.variant)
+def labelled_grid(images: list[Image.Image], labels: list[str], columns: int) -> Image.Image:
+    """Images upscaled (nearest) in a grid, each with its label underneath."""
+    rows = (len(images) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * CELL, rows * (CELL + LABEL)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        x, y = index % columns * CELL, index // columns * (CELL + LABEL)
+        sheet.paste(image.resize((CELL, CELL), Image.NEAREST), (x, y))
+        draw.text((x + 6, y + CELL + 4), label, fill="black")
+    return sheet
+
+
+def random_repository(folder: Path, seed: int) -> Path:
+    """A random tiny Tuna-2 pipeline repository (64×64 images), for when the trained checkpoint is absent."""
+    processor = tiny_tuna_processor(height=CANVAS, width=CANVAS)
+    model = tiny_tuna_model("patch", processor.tokenizer, seed=seed)
+    scheduler = TunaFlowMatchScheduler.from_official_defaults("tuna_2")
     TunaPipeline(transformer=model, processor=processor, scheduler=scheduler).save_pretrained(folder)
+    return folder
 
 
 def answer(model, processor, image: Image.Image, question: str) -> str:
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=prompt, images=[image], return_tensors="pt")
-    generated = model.generate(**inputs, max_new_tokens=12, do_sample=False)
-    return processor.post_process_image_text_to_text(generated[:, inputs["input_ids"].shape[1] :])[0]
+    generated = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+    return processor.post_process_image_text_to_text(generated[:, inputs["input_ids"].shape[1] :])[0].strip()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--visual-encoder", default="patch", choices=["patch", "siglip", "vae_siglip"])
+    parser.add_argument("--model", type=Path, default=REPO / "checkpoints" / "shapes-tuna-2")
     parser.add_argument("--output-dir", type=Path, default=Path("outputs"))
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.output_dir.mkdir(parents=True, exist_ok=True)
+    report = [f"model: {args.model}"]
+    if not (args.model / "model_index.json").exists():
+        args.model = random_repository(args.output_dir / "random-tuna-2", args.seed)
+        report = [
+            f"model: {args.model} — RANDOM weights (no trained checkpoint found): answers and pictures are noise"
+        ]
 
-    repository = args.output_dir / "tiny-tuna"
-    build_repository(repository, args.visual_encoder, args.seed)
+    model = AutoModelForImageTextToText.from_pretrained(args.model, subfolder="transformer", dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(args.model, subfolder="processor")
+    scene = Scene("orange", "triangle", "top left")
+    scene.draw().resize((CELL, CELL), Image.NEAREST).save(args.output_dir / "question.png")
+    report.append(f"\nVQA on question.png ({scene.caption}):")
+    for attribute, question in QUESTIONS.items():
+        report.append(
+            f"  Q: {question}  A: {answer(model, processor, scene.draw(), question)}  (truth: {scene.answer(attribute)})"
+        )
 
-    model = AutoModelForImageTextToText.from_pretrained(repository, subfolder="transformer", dtype=torch.float32)
-    processor = AutoProcessor.from_pretrained(repository, subfolder="processor")
-    image = Image.new("RGB", (SIZE, SIZE), "white")
-    image.paste((220, 30, 30), (24, 24, 40, 40))
-    question = "What color is the shape?"
-    reply = answer(model, processor, image, question)
-
-    pipe = TunaPipeline.from_pretrained(repository, dtype=torch.float32)
-    prompt = "a red square at the center"
-    generated = pipe(prompt, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed))
-    generated_path = args.output_dir / "text_to_image.png"
-    generated.images[0].save(generated_path)
+    pipe = TunaPipeline.from_pretrained(args.model, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(args.seed)
+    prompts = [
+        scene.caption for scene in GRID
+    ]  # the shapes world's own wording: "a {color} {shape} at the {position}"
+    images = pipe(prompts, num_inference_steps=args.steps, generator=generator).images
+    labelled_grid(images, prompts, columns=3).save(args.output_dir / "text_to_image.png")
+    right = sum(read_scene(image).matches(scene) for image, scene in zip(images, GRID))
+    report.append(f"\ntext-to-image: text_to_image.png, {right}/{len(GRID)} read back right")
 
     edit = TunaEditPipeline.from_pipe(pipe)
-    instruction = "make it blue"
+    sources = [source.draw() for source, _ in EDITS]
+    instructions = [instruction for _, instruction in EDITS]
     edited = edit(
-        image, instruction, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed)
+        sources, instructions, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed)
     )
-    edited_path = args.output_dir / "edit.png"
-    edited.images[0].save(edited_path)
+    pairs = [image for pair in zip(sources, edited.images) for image in pair]
+    labels = [text for source, instruction in EDITS for text in (source.caption, instruction)]
+    labelled_grid(pairs, labels, columns=2).save(args.output_dir / "edit.png")
+    report.append(f"editing: edit.png ({', '.join(instructions)})")
 
-    report = args.output_dir / "report.txt"
-    report.write_text(
-        f"model: random tiny TUNA ({model.config.variant}), pipeline repository at {repository}\n"
-        f"VQA   Q: {question}\n      A: {reply!r}  (random weights: not a real answer)\n"
-        f"T2I   {prompt!r}, {args.steps} steps: {generated_path}\n"
-        f"edit  {instruction!r}: {edited_path}\n"
-    )
-    print(report.read_text())
-    print(f"Outputs written to {args.output_dir.resolve()}")
+    (args.output_dir / "report.txt").write_text("\n".join(report) + "\n")
+    print("\n".join(report))
+    print(f"\nOutputs written to {args.output_dir.resolve()}")
 
 
 if __name__ == "__main__":

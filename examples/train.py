@@ -43,7 +43,13 @@ def parse_args(argv=None):
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1)
     parser.add_argument("--learning-rate", type=float, help="default: the recipe's")
     parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument(
+        "--lr-schedule", default="constant", choices=["constant", "cosine"], help="after warm-up (official: constant)"
+    )
     parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument(
+        "--group-by-task", action="store_true", help="one task per batch (less padding) instead of mixed batches"
+    )
     parser.add_argument("--caption-dropout", type=float, default=0.1, help="empty captions, for CFG")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--checkpointing-steps", type=int, default=500)
@@ -61,9 +67,18 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return height, width
 
 
-def learning_rate_schedule(warmup_steps: int):
-    """Linear warm-up, then constant (the official `fsdp_utils` schedule)."""
-    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+def learning_rate_schedule(warmup_steps: int, total_steps: int, shape: str):
+    """Linear warm-up, then constant (the official `fsdp_utils` schedule) or a cosine decay to 0 at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if shape == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
 
 
 def latest_checkpoint(output: Path) -> Path | None:
@@ -136,7 +151,10 @@ def main(argv=None):
     resolutions = [parse_resolution(r) for r in args.resolution]
     dataset = TunaDataset.from_jsonl(args.data, resolutions, caption_dropout=args.caption_dropout, seed=args.seed)
     collator = TunaDataCollator(pipeline.processor)
-    sampler = ResolutionBucketSampler(dataset.buckets, args.batch_size, seed=args.seed)
+    groups = dataset.buckets
+    if args.group_by_task:
+        groups = [(bucket, record["task"]) for bucket, record in zip(dataset.buckets, dataset.records)]
+    sampler = ResolutionBucketSampler(groups, args.batch_size, seed=args.seed)
     # A loader generator of its own: each new epoch iterator draws a seed from it, not from the global RNG that the
     # model's noise and masking use (else a resumed run's first iterator would shift that RNG).
     loader_generator = torch.Generator().manual_seed(args.seed)
@@ -148,7 +166,8 @@ def main(argv=None):
         eps=1e-8,
         weight_decay=0.01,
     )
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_schedule(args.warmup_steps))
+    schedule = learning_rate_schedule(args.warmup_steps, args.max_steps, args.lr_schedule)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
 
     step = 0

@@ -11,7 +11,6 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from transformers import AutoTokenizer, Qwen2Config, SiglipVisionConfig
 from transformers import initialization as init
 
 from .configuration_tuna import TunaConfig
+from .hub import render_model_card, upload_repository
 from .modeling_tuna import TunaForUnifiedMultimodal
 from .official_presets import OFFICIAL_PRESETS
 from .processing_tuna import add_tuna_tokens, tuna_token_ids
@@ -269,12 +269,6 @@ def initialize_flow_head_block(layer) -> None:
     layer.modulation.bias.zero_()
 
 
-def render_model_card(**fields) -> str:
-    """The repository README from the `model_card.md` template."""
-    template = (resources.files("tuna_hf") / "model_card.md").read_text()
-    return template.format(**fields)
-
-
 def convert_official_checkpoint(
     checkpoint,
     output,
@@ -390,15 +384,6 @@ def convert_official_checkpoint(
     return output
 
 
-def upload_repository(folder, repo_id: str, private: bool = False) -> None:
-    """Create (if needed) the Hub model repository `repo_id` and upload `folder` into it."""
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model")
-
-
 def _official_spec(official_config, preset, llm_config, siglip_config) -> dict:
     if (official_config is None) == (preset is None):
         raise ValueError("Pass exactly one of `--official-config` and `--preset`.")
@@ -449,16 +434,16 @@ def _model_card_fields(output, repo_id, spec, config, scheduler) -> dict:
         "model_name": Path(output).name,
         "repo_id": repo_id or str(output),
         "license": "other",
-        "base_model": spec.get("base_model") or "Qwen/Qwen2.5-7B-Instruct",
+        "base_model_metadata": f"base_model: {spec.get('base_model') or 'Qwen/Qwen2.5-7B-Instruct'}\n",
         "variant": config.variant,
         "variant_description": VARIANT_DESCRIPTIONS[config.variant],
         "sampling_defaults": sampling,
-        "filled_layers": (
+        "provenance": (
             "This is a foundation checkpoint: the conversion filled "
             + ", ".join(f"`{name}`" for name in filled)
             + " (listed in `transformer/config.json` as `filled_layers`); restore them with a short fine-tune."
             if filled
-            else "All layers come from the official checkpoint."
+            else "Converted from the official checkpoint; all layers come from it."
         ),
     }
 

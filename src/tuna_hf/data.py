@@ -145,7 +145,8 @@ class TunaDataset(Dataset):
 
 
 class ResolutionBucketSampler(Sampler[list[int]]):
-    """Batches of indices from one resolution bucket each (images of a batch share their size), shuffled per epoch."""
+    """Batches of indices from one resolution bucket each (images of a batch share their size), shuffled per epoch.
+    `buckets` holds one hashable key per sample (a bucket index, or e.g. `(bucket, task)` for one task per batch)."""
 
     def __init__(
         self, buckets: list[int], batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False

@@ -1,0 +1,211 @@
+"""The synthetic shapes world of the embedded demo checkpoint, and ShapesBench, which reads generated images back.
+
+A 64×64 white canvas holds one filled, axis-aligned shape without anti-aliasing: a circle (radius 8), a square
+(side 16) or an upward isosceles triangle (base 16, height 16), in one of six colours, centred on one of the 3×3 cell
+centres `round(64·(2k+1)/6)` = 11, 32, 53. Prompts are `a {color} {shape} at the {position}`; questions ask for the
+colour, the shape or the position; edits change exactly one attribute.
+"""
+
+import itertools
+import random
+from dataclasses import dataclass, replace
+
+import numpy as np
+import PIL.Image
+import torch
+
+CANVAS = 64
+COLORS = {
+    "red": (220, 30, 30),
+    "green": (30, 160, 60),
+    "blue": (40, 70, 220),
+    "yellow": (235, 200, 20),
+    "purple": (140, 50, 170),
+    "orange": (245, 130, 20),
+}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+CELL_CENTERS = tuple(round(CANVAS * (2 * k + 1) / 6) for k in range(3))
+QUESTIONS = {"color": "What color is the shape?", "shape": "What shape is it?", "position": "Where is the shape?"}
+EDIT_ATTRIBUTES = ("color", "shape", "position")
+
+
+@dataclass(frozen=True)
+class Scene:
+    color: str
+    shape: str
+    position: str
+
+    @property
+    def caption(self) -> str:
+        return f"a {self.color} {self.shape} at the {self.position}"
+
+    def answer(self, attribute: str) -> str:
+        return getattr(self, attribute)
+
+    def draw(self) -> PIL.Image.Image:
+        row, column = divmod(POSITIONS.index(self.position), 3)
+        cy, cx = CELL_CENTERS[row], CELL_CENTERS[column]
+        y, x = np.mgrid[0:CANVAS, 0:CANVAS]
+        dy, dx = y - cy, x - cx
+        if self.shape == "circle":
+            inside = dx**2 + dy**2 < 64
+        elif self.shape == "square":
+            inside = (dx >= -8) & (dx < 8) & (dy >= -8) & (dy < 8)
+        else:  # rows 1, 2, …, 16 pixels wide from the apex down, centred like the square on cx − ½
+            half_width = (dy + 9) / 2
+            inside = (dy >= -8) & (dy < 8) & (-half_width <= dx + 0.5) & (dx + 0.5 < half_width)
+        pixels = np.full((CANVAS, CANVAS, 3), 255, dtype=np.uint8)
+        pixels[inside] = COLORS[self.color]
+        return PIL.Image.fromarray(pixels)
+
+
+@dataclass(frozen=True)
+class Edit:
+    source: Scene
+    attribute: str
+    target: Scene
+
+    @property
+    def instruction(self) -> str:
+        value = self.target.answer(self.attribute)
+        return {
+            "color": f"make it {value}",
+            "shape": f"turn it into a {value}",
+            "position": f"move it to the {value}",
+        }[self.attribute]
+
+
+def all_scenes() -> list[Scene]:
+    """The 162 scenes (colour × shape × position), in a fixed order."""
+    return [Scene(*values) for values in itertools.product(COLORS, SHAPES, POSITIONS)]
+
+
+def all_edits() -> list[Edit]:
+    """Every single-attribute edit: 162 sources × 15 targets."""
+    edits = []
+    for source in all_scenes():
+        for attribute, values in (("color", COLORS), ("shape", SHAPES), ("position", POSITIONS)):
+            for value in values:
+                if value != source.answer(attribute):
+                    edits.append(Edit(source, attribute, replace(source, **{attribute: value})))
+    return edits
+
+
+def bench_edits(seed: int = 0) -> list[Edit]:
+    """ShapesBench's fixed 162-item edit set: every scene once as a source, the attribute cycling colour → shape →
+    position, the new value drawn with `seed`."""
+    rng = random.Random(seed)
+    edits = []
+    for index, source in enumerate(all_scenes()):
+        attribute = EDIT_ATTRIBUTES[index % 3]
+        options = [e for e in all_edits_of(source) if e.attribute == attribute]
+        edits.append(rng.choice(options))
+    return edits
+
+
+def all_edits_of(source: Scene) -> list[Edit]:
+    return [edit for edit in all_edits() if edit.source == source]
+
+
+def training_records(image_paths: dict[Scene, str], repeats: dict[str, int]) -> list[dict]:
+    """Records in the official jsonl formats for every scene, question and edit; `repeats[task]` copies each."""
+    records = []
+    for scene, path in image_paths.items():
+        records += [{"image": path, "caption": scene.caption}] * repeats["text_to_image"]
+        for attribute, question in QUESTIONS.items():
+            conversation = [{"from": "human", "value": question}, {"from": "gpt", "value": scene.answer(attribute)}]
+            records += [{"image": path, "conversations": conversation}] * repeats["understanding"]
+    for edit in all_edits():
+        record = {
+            "raw_image": image_paths[edit.source],
+            "out_image": image_paths[edit.target],
+            "instruction": edit.instruction,
+        }
+        records += [record] * repeats["edit"]
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ShapesBench: read the attributes back from pixels.
+
+BACKGROUND_DISTANCE = 60  # RGB distance from white above which a pixel belongs to the shape
+# Filled share of the shape's bounding box: square 1, circle π/4 ≈ 0.79, triangle ≈ 0.5.
+SHAPE_FILL = {"square": 1.0, "circle": 0.79, "triangle": 0.53}
+
+
+@dataclass(frozen=True)
+class Reading:
+    color: str | None
+    shape: str | None
+    position: str | None
+
+    def matches(self, scene: Scene, attributes=EDIT_ATTRIBUTES) -> bool:
+        return all(getattr(self, attribute) == scene.answer(attribute) for attribute in attributes)
+
+
+def read_scene(image) -> Reading:
+    """Colour, shape and position of the one shape in `image` (PIL or uint8 array), or None where unreadable."""
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, PIL.Image.Image) else image, dtype=np.float32)
+    foreground = np.linalg.norm(pixels - 255.0, axis=-1) > BACKGROUND_DISTANCE
+    if foreground.sum() < 20:
+        return Reading(None, None, None)
+    y, x = np.nonzero(foreground)
+    mean = pixels[foreground].mean(axis=0)
+    color = min(COLORS, key=lambda name: np.linalg.norm(mean - np.array(COLORS[name])))
+    box = (y.max() - y.min() + 1) * (x.max() - x.min() + 1)
+    fill = foreground.sum() / box
+    shape = min(SHAPE_FILL, key=lambda name: abs(SHAPE_FILL[name] - fill))
+    cy, cx = (y.min() + y.max()) / 2, (x.min() + x.max()) / 2
+    row = int(np.argmin([abs(cy - c) for c in CELL_CENTERS]))
+    column = int(np.argmin([abs(cx - c) for c in CELL_CENTERS]))
+    return Reading(color, shape, POSITIONS[3 * row + column])
+
+
+def edit_is_right(image, edit: Edit) -> bool:
+    """The changed attribute has its new value and the other two are kept."""
+    return read_scene(image).matches(edit.target)
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def score_text_to_image(pipe, scenes: list[Scene], num_inference_steps: int, seed: int = 0, batch_size: int = 27):
+    """Share of scenes whose generated image reads back as (colour, shape, position); and the images."""
+    images = []
+    for chunk in _chunks(scenes, batch_size):
+        generator = torch.Generator().manual_seed(seed)
+        images += pipe([s.caption for s in chunk], num_inference_steps=num_inference_steps, generator=generator).images
+    right = [read_scene(image).matches(scene) for image, scene in zip(images, scenes)]
+    return sum(right) / len(right), images
+
+
+@torch.no_grad()
+def score_understanding(model, processor, scenes: list[Scene], batch_size: int = 54):
+    """Share of exact answers over the three questions of every scene (greedy decoding)."""
+    right, total = 0, 0
+    for attribute, question in QUESTIONS.items():
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        for chunk in _chunks(scenes, batch_size):
+            inputs = processor(text=[prompt] * len(chunk), images=[s.draw() for s in chunk], return_tensors="pt")
+            generated = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+            answers = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            right += sum(answer.strip() == scene.answer(attribute) for answer, scene in zip(answers, chunk))
+            total += len(chunk)
+    return right / total
+
+
+def score_editing(edit_pipe, edits: list[Edit], num_inference_steps: int, seed: int = 0, batch_size: int = 27):
+    """Share of edits whose output has the new attribute value and keeps the other two; and the images."""
+    images = []
+    for chunk in _chunks(edits, batch_size):
+        generator = torch.Generator().manual_seed(seed)
+        sources = [edit.source.draw() for edit in chunk]
+        images += edit_pipe(
+            sources, [edit.instruction for edit in chunk], num_inference_steps=num_inference_steps, generator=generator
+        ).images
+    right = [edit_is_right(image, edit) for image, edit in zip(images, edits)]
+    return sum(right) / len(right), images
