@@ -148,16 +148,9 @@ class ResolutionBucketSampler(Sampler[list[int]]):
     """Batches of indices from one resolution bucket each (images of a batch share their size), shuffled per epoch.
     `buckets` holds one hashable key per sample (a bucket index, or e.g. `(bucket, task)` for one task per batch)."""
 
-    def __init__(
-        self, buckets: list[int], batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False
-    ):
-        self.buckets, self.batch_size, self.shuffle, self.seed, self.drop_last = (
-            buckets,
-            batch_size,
-            shuffle,
-            seed,
-            drop_last,
-        )
+    def __init__(self, buckets: list, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+        self.buckets, self.batch_size, self.shuffle, self.seed = buckets, batch_size, shuffle, seed
+        self.drop_last = drop_last
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -195,17 +188,12 @@ class TunaDataCollator:
 
     Args:
         processor ([`TunaProcessor`]): builds the official layouts (chat template for understanding).
-        caption_dropout (`float`): probability of an empty caption/instruction, for classifier-free guidance.
         max_length (`int`, *optional*): rows longer than this raise (nothing is truncated silently).
     """
 
-    def __init__(
-        self, processor, caption_dropout: float = 0.0, max_length: int | None = None, seed: int | None = None
-    ):
+    def __init__(self, processor, max_length: int | None = None):
         self.processor = processor
-        self.caption_dropout = caption_dropout
         self.max_length = max_length
-        self.rng = random.Random(seed)
 
     def __call__(self, samples: list[dict]) -> dict:
         sizes = {sample["size"] for sample in samples if sample["task"] != "text"}
