@@ -81,15 +81,19 @@ def all_scenes() -> list[Scene]:
     return [Scene(*values) for values in itertools.product(COLORS, SHAPES, POSITIONS)]
 
 
+def edits_of(source: Scene) -> list[Edit]:
+    """The 15 single-attribute edits of `source` (5 colours, 2 shapes, 8 positions)."""
+    return [
+        Edit(source, attribute, replace(source, **{attribute: value}))
+        for attribute, values in (("color", COLORS), ("shape", SHAPES), ("position", POSITIONS))
+        for value in values
+        if value != source.answer(attribute)
+    ]
+
+
 def all_edits() -> list[Edit]:
     """Every single-attribute edit: 162 sources × 15 targets."""
-    edits = []
-    for source in all_scenes():
-        for attribute, values in (("color", COLORS), ("shape", SHAPES), ("position", POSITIONS)):
-            for value in values:
-                if value != source.answer(attribute):
-                    edits.append(Edit(source, attribute, replace(source, **{attribute: value})))
-    return edits
+    return [edit for source in all_scenes() for edit in edits_of(source)]
 
 
 def bench_edits(seed: int = 0) -> list[Edit]:
@@ -99,13 +103,8 @@ def bench_edits(seed: int = 0) -> list[Edit]:
     edits = []
     for index, source in enumerate(all_scenes()):
         attribute = EDIT_ATTRIBUTES[index % 3]
-        options = [e for e in all_edits_of(source) if e.attribute == attribute]
-        edits.append(rng.choice(options))
+        edits.append(rng.choice([edit for edit in edits_of(source) if edit.attribute == attribute]))
     return edits
-
-
-def all_edits_of(source: Scene) -> list[Edit]:
-    return [edit for edit in all_edits() if edit.source == source]
 
 
 def training_records(image_paths: dict[Scene, str], repeats: dict[str, int]) -> list[dict]:
