@@ -122,7 +122,10 @@ class TunaDataset(Dataset):
         image = record.get("image") or record.get("raw_image")
         if image is None:
             return 0
-        width, height = self._image(image, record).size
+        # PIL reads the size from the header: no decode just to pick a bucket.
+        width, height = (
+            image if isinstance(image, PIL.Image.Image) else PIL.Image.open(self._path(image, record))
+        ).size
         aspect = width / max(height, 1)
         return min(
             range(len(self.resolutions)), key=lambda i: abs(self.resolutions[i][1] / self.resolutions[i][0] - aspect)
