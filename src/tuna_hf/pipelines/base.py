@@ -89,7 +89,13 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         size = self.processor.image_processor.size
         return (height or size["height"], width or size["width"])
 
-    def _check_common_inputs(self, height, width, num_images_per_prompt, latents, output_type, callback_inputs):
+    def check_inputs(
+        self, prompt, negative_prompt, height, width, num_images_per_prompt, latents, output_type, callback_inputs
+    ) -> list[str]:
+        """Checks the arguments every TUNA pipeline shares; returns the prompts as a list."""
+        prompts = self._check_prompts("prompt", prompt)
+        if negative_prompt is not None:
+            self._check_prompts("negative_prompt", negative_prompt, len(prompts))
         step = self.transformer.config.pixels_per_token
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value <= 0 or value % step:
@@ -105,6 +111,7 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` must be in {self._callback_tensor_inputs}, got {sorted(unknown)}."
             )
+        return prompts
 
     @staticmethod
     def _check_prompts(name: str, prompts, batch_size: int | None = None) -> list[str]:
@@ -115,6 +122,17 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         if batch_size is not None and len(prompts) not in (1, batch_size):
             raise ValueError(f"`{name}` has {len(prompts)} entries for a batch of {batch_size}.")
         return list(prompts) * (batch_size // len(prompts) if batch_size else 1)
+
+    def _texts_per_image(self, prompts: list[str], negative_prompt, num_images_per_prompt: int):
+        """Each prompt repeated for its images; with CFG also the negative prompts (one, or one per prompt), likewise.
+        Returns `(prompts, negatives or None)`."""
+
+        def per_image(texts: list[str]) -> list[str]:
+            return [text for text in texts for _ in range(num_images_per_prompt)]
+
+        if not self.do_classifier_free_guidance:
+            return per_image(prompts), None
+        return per_image(prompts), per_image(self._check_prompts("negative_prompt", negative_prompt, len(prompts)))
 
     def _rows(self, inputs, span_length: int) -> tuple[torch.LongTensor, torch.LongTensor]:
         """Left-padded rows cut right after the target span, checked against the decoder's context."""

@@ -51,16 +51,15 @@ class TunaPipeline(TunaBasePipeline):
         negative_prompt,
         height,
         width,
-        num_frames,
         num_images_per_prompt,
         latents,
         output_type,
-        callbacks,
-    ):
-        self._check_common_inputs(height, width, num_images_per_prompt, latents, output_type, callbacks)
-        prompts = self._check_prompts("prompt", prompt)
-        if negative_prompt is not None:
-            self._check_prompts("negative_prompt", negative_prompt, len(prompts))
+        callback_inputs,
+        num_frames: int = 1,
+    ) -> list[str]:
+        prompts = super().check_inputs(
+            prompt, negative_prompt, height, width, num_images_per_prompt, latents, output_type, callback_inputs
+        )
         step = self.transformer.config.frames_per_latent_frame
         if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % step:
             raise ValueError(f"`num_frames` must be 1 + {step}·k for this model, got {num_frames}.")
@@ -84,11 +83,7 @@ class TunaPipeline(TunaBasePipeline):
         Build the rows (`num_images_per_prompt` per prompt; with CFG the unconditional rows follow, empty text for a
         missing negative prompt as in the official `prepare_gen_input`) and run their prompts through the model.
         """
-        prompts = [p for p in prompt for _ in range(num_images_per_prompt)]
-        negatives = None
-        if self.do_classifier_free_guidance:
-            negatives = self._check_prompts("negative_prompt", negative_prompt or "", len(prompt))
-            negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
+        prompts, negatives = self._texts_per_image(prompt, negative_prompt or "", num_images_per_prompt)
         inputs = self.processor.build_generation_inputs(
             prompts, negatives, height=height, width=width, num_frames=num_frames, padding_side="left"
         )
@@ -146,11 +141,11 @@ class TunaPipeline(TunaBasePipeline):
             negative_prompt,
             height,
             width,
-            num_frames,
             num_images_per_prompt,
             latents,
             output_type,
             callback_on_step_end_tensor_inputs,
+            num_frames=num_frames,
         )
         video = num_frames > 1
         defaults = self.scheduler.config

@@ -38,15 +38,6 @@ class TunaEditPipeline(TunaBasePipeline):
     ```
     """
 
-    def check_inputs(
-        self, prompt, negative_prompt, height, width, num_images_per_prompt, latents, output_type, callbacks
-    ):
-        self._check_common_inputs(height, width, num_images_per_prompt, latents, output_type, callbacks)
-        prompts = self._check_prompts("prompt", prompt)
-        if negative_prompt is not None:
-            self._check_prompts("negative_prompt", negative_prompt, len(prompts))
-        return prompts
-
     def prepare_image_latents(self, image, image_latents, height, width, batch_size, generator) -> torch.Tensor:
         """The source images in the flow space, one per prompt: Tuna's VAE posterior sample (official), or pixels."""
         if image_latents is not None:
@@ -77,13 +68,10 @@ class TunaEditPipeline(TunaBasePipeline):
         use_prompt_cache: bool = True,
     ) -> TunaPromptCache:
         """Rows (`num_images_per_prompt` per instruction, then the unconditional rows) with their source image."""
-        prompts = [p for p in prompt for _ in range(num_images_per_prompt)]
+        negative = OFFICIAL_EDIT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+        prompts, negatives = self._texts_per_image(prompt, negative, num_images_per_prompt)
         sources = source_latents.repeat_interleave(num_images_per_prompt, dim=0)
-        negatives = None
-        if self.do_classifier_free_guidance:
-            negative = OFFICIAL_EDIT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
-            negatives = self._check_prompts("negative_prompt", negative, len(prompt))
-            negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
+        if negatives is not None:
             sources = torch.cat([sources, sources])
         inputs = self.processor.build_edit_inputs(prompts, negatives, height=height, width=width, padding_side="left")
         span_length = self.processor.num_image_tokens(height, width)
