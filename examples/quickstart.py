@@ -5,11 +5,8 @@
 Loads the pipeline repository with `TunaPipeline` / `TunaEditPipeline` and, for questions, with
 `AutoModelForImageTextToText` + `AutoProcessor` from its `transformer/` and `processor/` folders. It answers
 questions about a drawn scene, generates a grid of prompts, performs edits, and writes the pictures and a report to
-`outputs/`. The same seed gives the same pictures.
-
-The trained shapes checkpoint is not committed yet (`examples/shapes/build_checkpoint.sh` builds it; see the README).
-Until it is, the default run builds a *random* tiny Tuna-2 repository in `outputs/` and says so: the whole API runs,
-but answers and pictures are noise.
+`outputs/`. The same seed gives the same pictures. The default model is the embedded shapes checkpoint, a tiny
+Tuna-2 trained by `examples/shapes/build_checkpoint.sh` (see the README).
 """
 
 import argparse
@@ -20,9 +17,8 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from tuna_hf import TunaEditPipeline, TunaFlowMatchScheduler, TunaPipeline
-from tuna_hf.shapes import CANVAS, QUESTIONS, Scene, read_scene
-from tuna_hf.tiny import tiny_tuna_model, tiny_tuna_processor
+from tuna_hf import TunaEditPipeline, TunaPipeline
+from tuna_hf.shapes import QUESTIONS, Edit, Scene, edit_is_right, read_scene
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = [
@@ -37,9 +33,9 @@ GRID = [
     Scene("green", "circle", "bottom right"),
 ]
 EDITS = [
-    (Scene("red", "circle", "center"), "make it blue"),
-    (Scene("green", "square", "top left"), "turn it into a triangle"),
-    (Scene("purple", "triangle", "bottom"), "move it to the top right"),
+    Edit(Scene("red", "circle", "center"), "color", Scene("blue", "circle", "center")),
+    Edit(Scene("green", "square", "top left"), "shape", Scene("green", "triangle", "top left")),
+    Edit(Scene("purple", "triangle", "bottom"), "position", Scene("purple", "triangle", "top right")),
 ]
 CELL, LABEL = 192, 36
 
@@ -54,15 +50,6 @@ def labelled_grid(images: list[Image.Image], labels: list[str], columns: int) ->
         sheet.paste(image.resize((CELL, CELL), Image.NEAREST), (x, y))
         draw.text((x + 6, y + CELL + 4), label, fill="black")
     return sheet
-
-
-def random_repository(folder: Path, seed: int) -> Path:
-    """A random tiny Tuna-2 pipeline repository (64×64 images), for when the trained checkpoint is absent."""
-    processor = tiny_tuna_processor(height=CANVAS, width=CANVAS)
-    model = tiny_tuna_model("patch", processor.tokenizer, seed=seed)
-    scheduler = TunaFlowMatchScheduler.from_official_defaults("tuna_2")
-    TunaPipeline(transformer=model, processor=processor, scheduler=scheduler).save_pretrained(folder)
-    return folder
 
 
 def answer(model, processor, image: Image.Image, question: str) -> str:
@@ -82,12 +69,9 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    report = [f"model: {args.model}"]
     if not (args.model / "model_index.json").exists():
-        args.model = random_repository(args.output_dir / "random-tuna-2", args.seed)
-        report = [
-            f"model: {args.model} — RANDOM weights (no trained checkpoint found): answers and pictures are noise"
-        ]
+        parser.error(f"--model {args.model} is not a pipeline repository (no model_index.json)")
+    report = [f"model: {args.model}"]
 
     model = AutoModelForImageTextToText.from_pretrained(args.model, subfolder="transformer", dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(args.model, subfolder="processor")
@@ -101,24 +85,23 @@ def main():
 
     pipe = TunaPipeline.from_pretrained(args.model, dtype=torch.float32)
     generator = torch.Generator().manual_seed(args.seed)
-    prompts = [
-        scene.caption for scene in GRID
-    ]  # the shapes world's own wording: "a {color} {shape} at the {position}"
+    prompts = [scene.caption for scene in GRID]  # the world's own wording: "a {color} {shape} at the {position}"
     images = pipe(prompts, num_inference_steps=args.steps, generator=generator).images
     labelled_grid(images, prompts, columns=3).save(args.output_dir / "text_to_image.png")
     right = sum(read_scene(image).matches(scene) for image, scene in zip(images, GRID))
     report.append(f"\ntext-to-image: text_to_image.png, {right}/{len(GRID)} read back right")
 
     edit = TunaEditPipeline.from_pipe(pipe)
-    sources = [source.draw() for source, _ in EDITS]
-    instructions = [instruction for _, instruction in EDITS]
+    sources = [change.source.draw() for change in EDITS]
+    instructions = [change.instruction for change in EDITS]
     edited = edit(
         sources, instructions, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed)
-    )
-    pairs = [image for pair in zip(sources, edited.images) for image in pair]
-    labels = [text for source, instruction in EDITS for text in (source.caption, instruction)]
+    ).images
+    pairs = [image for pair in zip(sources, edited) for image in pair]
+    labels = [text for change in EDITS for text in (change.source.caption, change.instruction)]
     labelled_grid(pairs, labels, columns=2).save(args.output_dir / "edit.png")
-    report.append(f"editing: edit.png ({', '.join(instructions)})")
+    right = sum(edit_is_right(image, change) for image, change in zip(edited, EDITS))
+    report.append(f"editing: edit.png ({', '.join(instructions)}), {right}/{len(EDITS)} read back right")
 
     (args.output_dir / "report.txt").write_text("\n".join(report) + "\n")
     print("\n".join(report))

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from tuna_hf import TunaPipeline
 from tuna_hf.data import ResolutionBucketSampler, TunaDataCollator, TunaDataset
+from tuna_hf.hub import upload_repository, write_model_card
 from tuna_hf.recipes import RECIPES, apply_recipe, count_trainable_parameters
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)$")
@@ -59,6 +60,9 @@ def parse_args(argv=None):
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO_ID", help="upload the pipeline (or adapter) to the Hub at the end"
+    )
     return parser.parse_args(argv)
 
 
@@ -86,21 +90,31 @@ def latest_checkpoint(output: Path) -> Path | None:
     return max(checkpoints, key=lambda path: int(CHECKPOINT_PATTERN.search(path.name)[1]), default=None)
 
 
-def save_result(accelerator, model, pipeline, output: Path, lora: bool) -> None:
-    """Full recipes: a pipeline repository in `output/pipeline`; LoRA recipes: the PEFT adapter in `output/adapter`.
-    The state dict is gathered from all processes first (FSDP shards it)."""
+def save_result(accelerator, model, pipeline, args, steps: int, lora: bool) -> Path | None:
+    """Full recipes: a pipeline repository with its model card in `OUTPUT/pipeline`; LoRA recipes: the PEFT adapter in
+    `OUTPUT/adapter`. The state dict is gathered from all processes first (FSDP shards it). Returns the folder on the
+    main process."""
     state_dict = accelerator.get_state_dict(model)
     if not accelerator.is_main_process:
-        return
+        return None
     unwrapped = accelerator.unwrap_model(model)
     if lora:
-        unwrapped.save_pretrained(output / "adapter", state_dict=state_dict)
-        return
-    repository = output / "pipeline"
+        unwrapped.save_pretrained(args.output / "adapter", state_dict=state_dict)
+        return args.output / "adapter"
+    repository = args.output / "pipeline"
     pipeline.save_config(repository)  # model_index.json
     unwrapped.save_pretrained(repository / "transformer", state_dict=state_dict)
     pipeline.processor.save_pretrained(repository / "processor")
     pipeline.scheduler.save_pretrained(repository / "scheduler")
+    provenance = (
+        f"Trained with tuna-hf's `examples/train.py` from `{args.model}`: recipe `{args.recipe}`, {steps} steps of "
+        f"{args.batch_size} × {args.gradient_accumulation_steps} samples, learning rate {args.learning_rate}, data "
+        + ", ".join(f"`{Path(path).name}`" for path in args.data)
+        + "."
+    )
+    repo_id = args.push_to_hub or str(repository)
+    write_model_card(repository, pipeline, model_name=repository.parent.name, repo_id=repo_id, provenance=provenance)
+    return repository
 
 
 @torch.no_grad()
@@ -159,9 +173,10 @@ def main(argv=None):
     # model's noise and masking use (else a resumed run's first iterator would shift that RNG).
     loader_generator = torch.Generator().manual_seed(args.seed)
     dataloader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, generator=loader_generator)
+    args.learning_rate = args.learning_rate or recipe.learning_rate
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
-        lr=args.learning_rate or recipe.learning_rate,
+        lr=args.learning_rate,
         betas=(0.9, 0.95),
         eps=1e-8,
         weight_decay=0.01,
@@ -218,10 +233,12 @@ def main(argv=None):
         epoch += 1
     progress.close()
     accelerator.wait_for_everyone()
-    save_result(accelerator, model, pipeline, args.output, lora=recipe.lora_targets is not None)
+    result = save_result(accelerator, model, pipeline, args, step, lora=recipe.lora_targets is not None)
     accelerator.print(
         f"saved to {args.output} after {step} steps (epochs: {math.ceil(step / max(batches_per_epoch, 1))})"
     )
+    if args.push_to_hub and result is not None:
+        accelerator.print(f"pushed to {upload_repository(result, args.push_to_hub)}")
     accelerator.end_training()
 
 

@@ -19,10 +19,12 @@ from tuna_hf.shapes import (
     score_editing,
     score_text_to_image,
     score_understanding,
+    world_texts,
 )
+from tuna_hf.tiny import build_byte_tokenizer
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes-tuna-2"
-SUBSET = 27  # every 6th scene / edit
+EVERY = 6  # the CI subset: every 6th scene and edit, 27 items per task
 STEPS = 20  # the quickstart's
 
 
@@ -55,6 +57,16 @@ def test_captions_questions_and_edits():
         assert changed == [edit.attribute]
 
 
+def test_shapes_tokenizer_makes_words_single_tokens_and_encodes_any_text():
+    tokenizer = build_byte_tokenizer(world_texts())
+    assert tokenizer.get_vocab() == build_byte_tokenizer(world_texts()).get_vocab()  # deterministic merges
+    for scene in all_scenes()[::7]:
+        assert len(tokenizer(scene.color)["input_ids"]) == 1 and len(tokenizer(scene.shape)["input_ids"]) == 1
+    for text in ("a red circle at the top left", "Ünïcode, emoji 🙂 and tabs\t"):
+        assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    assert len(tokenizer("a red circle at the top left")["input_ids"]) == 7
+
+
 def test_checker_reads_every_scene_and_tolerates_noise():
     rng = np.random.default_rng(0)
     for scene in all_scenes():
@@ -66,22 +78,21 @@ def test_checker_reads_every_scene_and_tolerates_noise():
 
 @pytest.fixture(scope="module")
 def shapes_pipeline():
-    if not (CHECKPOINT / "model_index.json").exists():
-        pytest.skip(f"the trained shapes checkpoint is not built yet ({CHECKPOINT}; issue 6 is open)")
+    assert (CHECKPOINT / "model_index.json").exists(), f"the committed shapes checkpoint is missing at {CHECKPOINT}"
     pipe = TunaPipeline.from_pretrained(CHECKPOINT, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def test_shapes_bench_text_to_image(shapes_pipeline):
-    score, _ = score_text_to_image(shapes_pipeline, all_scenes()[::6], STEPS)
+    score, _ = score_text_to_image(shapes_pipeline, all_scenes()[::EVERY], STEPS)
     assert score >= 0.90
 
 
 def test_shapes_bench_vqa(shapes_pipeline):
-    assert score_understanding(shapes_pipeline.transformer, shapes_pipeline.processor, all_scenes()[::6]) >= 0.95
+    assert score_understanding(shapes_pipeline.transformer, shapes_pipeline.processor, all_scenes()[::EVERY]) >= 0.95
 
 
 def test_shapes_bench_editing(shapes_pipeline):
-    score, _ = score_editing(TunaEditPipeline.from_pipe(shapes_pipeline), bench_edits()[::6], STEPS)
+    score, _ = score_editing(TunaEditPipeline.from_pipe(shapes_pipeline), bench_edits()[::EVERY], STEPS)
     assert score >= 0.80

@@ -301,6 +301,18 @@ class TestTrainScript:
         assert first / last > 10, f"loss {first:.3f} → {last:.3f}"
         pipe = TunaPipeline.from_pretrained(tmp_path / "pipeline", dtype=torch.float32)
         assert pipe.transformer.config.variant == "tuna_2"
+        card = (tmp_path / "pipeline" / "README.md").read_text()
+        assert card.startswith("---\nlibrary_name: diffusers\n") and "recipe `stage2`, 80 steps" in card
+
+    def test_push_to_hub_uploads_the_pipeline_with_its_card(self, tmp_path, tiny_repository, data_dir, monkeypatch):
+        import huggingface_hub
+
+        calls = []
+        monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(repo_id))
+        monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(kw))
+        self.run(tiny_repository, data_dir, tmp_path, "--max-steps", "1", "--push-to-hub", "someone/tuna-shapes")
+        assert calls == ["someone/tuna-shapes", {**calls[1], "folder_path": str(tmp_path / "pipeline")}]
+        assert 'from_pretrained("someone/tuna-shapes"' in (tmp_path / "pipeline" / "README.md").read_text()
 
     def test_resume_continues_the_same_loss_curve(self, tmp_path, tiny_repository, data_dir):
         """Checkpoints every 2 steps, 3 batches per epoch: resumes land mid-epoch (step 4) and at an epoch end (6)."""

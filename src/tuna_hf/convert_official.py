@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, Qwen2Config, SiglipVisionConfig
 from transformers import initialization as init
 
 from .configuration_tuna import TunaConfig
-from .hub import render_model_card, upload_repository
+from .hub import upload_repository, write_model_card
 from .modeling_tuna import TunaForUnifiedMultimodal
 from .official_presets import OFFICIAL_PRESETS
 from .processing_tuna import add_tuna_tokens, tuna_token_ids
@@ -176,11 +176,6 @@ def _official_siglip_config(visual_encoder, model_kwargs, siglip_config) -> Sigl
 # ---------------------------------------------------------------------------------------------------------------
 # The converter: official checkpoint → pipeline repository.
 
-VARIANT_DESCRIPTIONS = {
-    "tuna": "Tuna model (Wan 2.2 VAE encoder → SigLIP2 → Qwen2.5; velocity flow matching in the VAE latent space)",
-    "tuna_r": "Tuna-R model (SigLIP2 on pixels → Qwen2.5; x0 flow matching in pixel space)",
-    "tuna_2": "Tuna-2 model (Conv2d patch embedding on pixels → Qwen2.5; x0 flow matching in pixel space)",
-}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CHECKPOINT_WRAPPERS = ("model", "state_dict")
 LLM_LAYER = re.compile(r"^tuna\.model\.layers\.(\d+)\.")
@@ -371,8 +366,7 @@ def convert_official_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         pipeline.save_pretrained(staging, max_shard_size=max_shard_size)
-        card = _model_card_fields(output, push_to_hub, spec, config, scheduler)
-        (staging / "README.md").write_text(render_model_card(**card))
+        _write_model_card(staging, output, push_to_hub, spec, pipeline)
         staging.rename(output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -423,29 +417,24 @@ def _log_conversion(log, config, llm_missing, flow_missing, ignored) -> None:
         log(f"Ignored {len(ignored)} unexpected keys (--allow-unexpected): {ignored}")
 
 
-def _model_card_fields(output, repo_id, spec, config, scheduler) -> dict:
-    defaults = scheduler.config
-    sampling = (
-        f"{defaults.solver} sampler, {defaults.prediction_type} prediction, guidance {defaults.guidance_scale} "
-        f"(text-to-image) / {defaults.edit_guidance_scale} (editing), initial noise scale {defaults.noise_scale}"
+def _write_model_card(folder, output, repo_id, spec, pipeline) -> None:
+    filled = pipeline.transformer.config.filled_layers
+    provenance = (
+        "This is a foundation checkpoint: the conversion filled "
+        + ", ".join(f"`{name}`" for name in filled)
+        + " (listed in `transformer/config.json` as `filled_layers`); restore them with a short fine-tune."
+        if filled
+        else "Converted from the official checkpoint; all layers come from it."
     )
-    filled = config.filled_layers
-    return {
-        "model_name": Path(output).name,
-        "repo_id": repo_id or str(output),
-        "license": "other",
-        "base_model_metadata": f"base_model: {spec.get('base_model') or 'Qwen/Qwen2.5-7B-Instruct'}\n",
-        "variant": config.variant,
-        "variant_description": VARIANT_DESCRIPTIONS[config.variant],
-        "sampling_defaults": sampling,
-        "provenance": (
-            "This is a foundation checkpoint: the conversion filled "
-            + ", ".join(f"`{name}`" for name in filled)
-            + " (listed in `transformer/config.json` as `filled_layers`); restore them with a short fine-tune."
-            if filled
-            else "Converted from the official checkpoint; all layers come from it."
-        ),
-    }
+    write_model_card(
+        folder,
+        pipeline,
+        model_name=Path(output).name,
+        repo_id=repo_id or str(output),
+        provenance=provenance,
+        license="other",
+        base_model=spec.get("base_model") or "Qwen/Qwen2.5-7B-Instruct",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

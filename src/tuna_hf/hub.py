@@ -1,7 +1,23 @@
-"""Hub helpers: the model card of a pipeline repository and its upload."""
+"""Hub helpers: the model card of a pipeline repository (`model_card.md`, filled from the pipeline) and its upload."""
 
 from importlib import resources
 from pathlib import Path
+
+VARIANT_DESCRIPTIONS = {
+    "tuna": "Tuna model (Wan 2.2 VAE encoder → SigLIP2 → Qwen2.5; velocity flow matching in the VAE latent space)",
+    "tuna_r": "Tuna-R model (SigLIP2 on pixels → Qwen2.5; x0 flow matching in pixel space)",
+    "tuna_2": "Tuna-2 model (Conv2d patch embedding on pixels → Qwen2.5; x0 flow matching in pixel space)",
+}
+# What the card's snippets ask, generate and edit, unless the caller has better examples.
+GENERIC_EXAMPLES = {
+    "example_question": "Describe this image.",
+    "example_prompt": "a red fox in the snow",
+    "example_instruction": "make it night",
+}
+GENERIC_LIMITATIONS = (
+    "The official release's limitations apply (see its repository): English prompts, the biases of its training "
+    "data, and resolutions near the ones it was trained at."
+)
 
 
 def render_model_card(**fields) -> str:
@@ -10,12 +26,68 @@ def render_model_card(**fields) -> str:
     return template.format(**fields)
 
 
+def write_model_card(
+    folder,
+    pipeline,
+    *,
+    model_name: str,
+    repo_id: str,
+    provenance: str,
+    license: str = "apache-2.0",
+    base_model: str | None = None,
+    limitations: str = GENERIC_LIMITATIONS,
+    examples: dict | None = None,
+) -> Path:
+    """Writes `folder/README.md` for `pipeline` (a `TunaPipeline`): variant, sizes and sampling defaults are read from
+    it; `repo_id` is what the snippets load."""
+    model = pipeline.transformer
+    card = render_model_card(
+        model_name=model_name,
+        repo_id=repo_id,
+        license=license,
+        base_model_metadata=f"base_model: {base_model}\n" if base_model else "",
+        variant=model.config.variant,
+        variant_description=VARIANT_DESCRIPTIONS[model.config.variant],
+        sizes=describe_size(model),
+        sampling_defaults=describe_sampling(pipeline.scheduler.config),
+        provenance=provenance,
+        limitations=limitations,
+        **(examples or GENERIC_EXAMPLES),
+    )
+    path = Path(folder) / "README.md"
+    path.write_text(card)
+    return path
+
+
+def describe_size(model) -> str:
+    """The model card's size line: parameters, decoder and flow-head shapes, pixels per image token."""
+    config = model.config
+    text, head = config.text_config, config.flow_head_config
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    side = config.pixels_per_token
+    return (
+        f"{parameters / 1e6:,.1f}M parameters; decoder {text.num_hidden_layers} layers of width {text.hidden_size}, "
+        f"flow head {head.num_hidden_layers} layers; one image token per {side}×{side} pixels"
+    )
+
+
+def describe_sampling(scheduler_config) -> str:
+    """The model card's sampling-defaults line, read from the scheduler's config."""
+    return (
+        f"{scheduler_config.solver} sampler, {scheduler_config.prediction_type} prediction, guidance "
+        f"{scheduler_config.guidance_scale} (text-to-image) / {scheduler_config.edit_guidance_scale} (editing), "
+        f"initial noise scale {scheduler_config.noise_scale}"
+    )
+
+
 def upload_repository(folder, repo_id: str, private: bool = False) -> str:
-    """Create (if needed) the Hub model repository `repo_id`, upload `folder` into it, return its URL."""
+    """Create (if needed) the Hub model repository `repo_id`, upload `folder` into it, return its URL. `folder` is a
+    pipeline repository (`model_index.json`) or a PEFT adapter (`adapter_config.json`)."""
     from huggingface_hub import HfApi
 
-    if not (Path(folder) / "model_index.json").exists():
-        raise ValueError(f"{folder} is not a pipeline repository (no model_index.json).")
+    folder = Path(folder)
+    if not (folder / "model_index.json").exists() and not (folder / "adapter_config.json").exists():
+        raise ValueError(f"{folder} is neither a pipeline repository (model_index.json) nor a PEFT adapter.")
     api = HfApi()
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model")

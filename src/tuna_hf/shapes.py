@@ -107,6 +107,14 @@ def bench_edits(seed: int = 0) -> list[Edit]:
     return edits
 
 
+def world_texts() -> list[str]:
+    """Every caption, question, answer and edit instruction of the world (with repeats), e.g. to learn BPE merges."""
+    scenes = all_scenes()
+    answers = [scene.answer(attribute) for scene in scenes for attribute in QUESTIONS]
+    questions = [question for _ in scenes for question in QUESTIONS.values()]
+    return [scene.caption for scene in scenes] + questions + answers + [edit.instruction for edit in all_edits()]
+
+
 def training_records(image_paths: dict[Scene, str], repeats: dict[str, int]) -> list[dict]:
     """Records in the official jsonl formats for every scene, question and edit; `repeats[task]` copies each."""
     records = []

@@ -1,5 +1,7 @@
 """Tiny random TUNA models and a byte-level tokenizer, built locally (no download): for tests, examples, benchmarks."""
 
+from collections import Counter
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, SiglipVisionConfig
@@ -23,11 +25,15 @@ QWEN_SPECIAL_TOKENS = [
 ]
 
 
-def build_byte_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer (256 byte tokens, no merges) with Qwen's special tokens and TUNA's four added tokens."""
-    byte_vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    backend = Tokenizer(models.BPE(vocab=byte_vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+def build_byte_tokenizer(corpus: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with Qwen's special tokens and TUNA's four added tokens: 256 byte tokens, plus the
+    merges learnt from `corpus` (`learn_byte_merges`) so that its frequent words are single tokens; any text still
+    encodes, byte by byte."""
+    pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    merges = learn_byte_merges(corpus, pre_tokenizer) if corpus else []
+    vocab = sorted(pre_tokenizers.ByteLevel.alphabet()) + [left + right for left, right in merges]
+    backend = Tokenizer(models.BPE(vocab={symbol: i for i, symbol in enumerate(vocab)}, merges=merges))
+    backend.pre_tokenizer = pre_tokenizer
     backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -37,6 +43,35 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     )
     add_tuna_tokens(tokenizer)
     return tokenizer
+
+
+def learn_byte_merges(corpus: list[str], pre_tokenizer, min_count: int = 2) -> list[tuple[str, str]]:
+    """Byte-pair merges of `corpus`: the most frequent adjacent pair (ties: the smaller pair) is merged until none
+    occurs `min_count` times. Deterministic, unlike the `tokenizers` trainer's id order."""
+    words = Counter(word for text in corpus for word, _ in pre_tokenizer.pre_tokenize_str(text))
+    splits = {word: list(word) for word in words}
+    merges = []
+    while True:
+        pairs = Counter()
+        for word, count in words.items():
+            for pair in zip(splits[word], splits[word][1:]):
+                pairs[pair] += count
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        if pairs[best] < min_count:
+            return merges
+        merges.append(best)
+        for word, symbols in splits.items():
+            merged, i = [], 0
+            while i < len(symbols):
+                if tuple(symbols[i : i + 2]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            splits[word] = merged
 
 
 def tiny_tuna_config(
@@ -97,10 +132,18 @@ def tiny_tuna_model(
     return model
 
 
-def tiny_tuna_processor(tokenizer=None, height: int = 64, width: int = 64) -> TunaProcessor:
-    """The processor for tiny models: byte tokenizer, default image size `height`×`width`."""
-    image_processor = TunaImageProcessor(size={"height": height, "width": width})
-    return TunaProcessor(image_processor=image_processor, tokenizer=tokenizer or build_byte_tokenizer())
+def tiny_tuna_processor(
+    tokenizer=None, height: int = 64, width: int = 64, pixels_per_token: int = 16, **kwargs
+) -> TunaProcessor:
+    """The processor for tiny models: byte tokenizer, default image size `height`×`width`, one image token per
+    `pixels_per_token`² pixels (the model's `config.pixels_per_token`); `kwargs` go to `TunaProcessor`."""
+    image_processor = TunaImageProcessor(size={"height": height, "width": width}, size_divisor=pixels_per_token)
+    return TunaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer or build_byte_tokenizer(),
+        spatial_compression=pixels_per_token,
+        **kwargs,
+    )
 
 
 def _tiny_siglip(image_size: int, patch_size: int, num_channels: int) -> SiglipVisionConfig:
