@@ -6,13 +6,14 @@
 Mixed batches of understanding, text-to-image, editing and video samples (the official jsonl formats,
 `tuna_hf.data`), the model's own losses (`loss = ntp_coeff · ntp + flow_coeff · flow`), a named recipe
 (`tuna_hf.recipes`), AdamW with the official betas/weight decay, linear warm-up, gradient clipping 1.0, gradient
-accumulation, optional gradient checkpointing, checkpoints every `--checkpointing-steps` (`--resume-from` continues
+accumulation, optional gradient checkpointing, an optional EMA of the weights (`--ema-decay`), checkpoints every `--checkpointing-steps` (`--resume-from` continues
 the same run), losses logged to `OUTPUT/log.jsonl`, sample images every `--sample-every` steps. The result is a
 pipeline repository (full recipes) or a PEFT adapter (LoRA recipes) that `AutoModelForImageTextToText` (`load_adapter`)
 and `TunaPipeline.load_lora_weights` both load.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
+from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -48,6 +50,13 @@ def parse_args(argv=None):
         "--lr-schedule", default="constant", choices=["constant", "cosine"], help="after warm-up (official: constant)"
     )
     parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="keep an exponential moving average of the trained weights, used for samples and the result "
+        "(official: 0.9999; 0: off)",
+    )
     parser.add_argument(
         "--group-by-task", action="store_true", help="one task per batch (less padding) instead of mixed batches"
     )
@@ -108,13 +117,29 @@ def save_result(accelerator, model, pipeline, args, steps: int, lora: bool) -> P
     pipeline.scheduler.save_pretrained(repository / "scheduler")
     provenance = (
         f"Trained with tuna-hf's `examples/train.py` from `{args.model}`: recipe `{args.recipe}`, {steps} steps of "
-        f"{args.batch_size} × {args.gradient_accumulation_steps} samples, learning rate {args.learning_rate}, data "
+        f"{args.batch_size} × {args.gradient_accumulation_steps} samples, learning rate {args.learning_rate}"
+        + (f", EMA {args.ema_decay}" if args.ema_decay else "")
+        + ", data "
         + ", ".join(f"`{Path(path).name}`" for path in args.data)
         + "."
     )
     repo_id = args.push_to_hub or str(repository)
     write_model_card(repository, pipeline, model_name=repository.parent.name, repo_id=repo_id, provenance=provenance)
     return repository
+
+
+@contextlib.contextmanager
+def ema_weights(ema: EMAModel | None, parameters: list):
+    """The EMA weights in the model for the duration of the block (nothing changes without an EMA)."""
+    if ema is None:
+        yield
+        return
+    ema.store(parameters)
+    ema.copy_to(parameters)
+    try:
+        yield
+    finally:
+        ema.restore(parameters)
 
 
 @torch.no_grad()
@@ -184,6 +209,11 @@ def main(argv=None):
     schedule = learning_rate_schedule(args.warmup_steps, args.max_steps, args.lr_schedule)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model, optimizer, dataloader, lr_scheduler = accelerator.prepare(model, optimizer, dataloader, lr_scheduler)
+    # After `prepare`: the EMA follows the parameters the optimizer updates (FSDP replaces them by its shards).
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ema = EMAModel(trainable, decay=args.ema_decay, foreach=True) if args.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
 
     step = 0
     resume = latest_checkpoint(args.output) if args.resume_from == "latest" else args.resume_from
@@ -214,6 +244,8 @@ def main(argv=None):
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue
+            if ema is not None:
+                ema.step(trainable)
             step += 1
             progress.update()
             record = {"step": step, "loss": accelerator.gather(outputs.loss.detach()).mean().item()}
@@ -227,13 +259,15 @@ def main(argv=None):
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
                 accelerator.save_state(str(args.output / f"checkpoint-{step}"))
             if args.sample_every and step % args.sample_every == 0:
-                write_samples(accelerator, model, pipeline, args, step)
+                with ema_weights(ema, trainable):
+                    write_samples(accelerator, model, pipeline, args, step)
             if step >= args.max_steps:
                 break
         epoch += 1
     progress.close()
     accelerator.wait_for_everyone()
-    result = save_result(accelerator, model, pipeline, args, step, lora=recipe.lora_targets is not None)
+    with ema_weights(ema, trainable):
+        result = save_result(accelerator, model, pipeline, args, step, lora=recipe.lora_targets is not None)
     accelerator.print(
         f"saved to {args.output} after {step} steps (epochs: {math.ceil(step / max(batches_per_epoch, 1))})"
     )

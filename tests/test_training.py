@@ -12,6 +12,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tuna_hf import TunaFlowMatchScheduler, TunaForUnifiedMultimodal, TunaPipeline
 from tuna_hf.data import IGNORE_INDEX, ResolutionBucketSampler, TunaDataCollator, TunaDataset
@@ -325,6 +326,23 @@ class TestTrainScript:
         assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6, 7]
         for a, b in zip(full, resumed):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
+
+    def test_ema_weights_are_saved_and_resumed(self, tmp_path, tiny_repository, data_dir):
+        """The result holds the EMA of the weights (not the last ones); a resumed run restores the EMA exactly."""
+        common = ("--ema-decay", "0.5", "--caption-dropout", "0", "--checkpointing-steps", "2")
+        self.run(tiny_repository, data_dir, tmp_path / "full", "--max-steps", "4", *common)
+        self.run(tiny_repository, data_dir, tmp_path / "resumed", "--max-steps", "2", *common)
+        self.run(
+            tiny_repository, data_dir, tmp_path / "resumed", "--max-steps", "4", *common, "--resume-from", "latest"
+        )
+        last = load_file(tmp_path / "full" / "checkpoint-4" / "model.safetensors")
+        averaged = load_file(tmp_path / "full" / "pipeline" / "transformer" / "model.safetensors")
+        resumed = load_file(tmp_path / "resumed" / "pipeline" / "transformer" / "model.safetensors")
+        name = "flow_head.final_layer.proj.weight"
+        assert (averaged[name] - last[name]).abs().max() > 1e-6
+        for key, value in averaged.items():
+            torch.testing.assert_close(resumed[key], value, rtol=1e-5, atol=1e-6)
+        assert "EMA 0.5" in (tmp_path / "full" / "pipeline" / "README.md").read_text()
 
     def test_lora_recipe_saves_an_adapter(self, tmp_path, tiny_repository, data_dir):
         self.run(
