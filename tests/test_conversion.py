@@ -65,6 +65,7 @@ def test_repository_layout(converted, variant):
     assert scheduler["guidance_scale"] == OFFICIAL_SAMPLING_DEFAULTS[variant]["guidance_scale"]
     card = (repository / "README.md").read_text()
     assert f"variant: {variant}" in card and "{" not in card.split("```")[0]
+    assert f"These are the official {variant} predict defaults." in card
     assert json.loads((repository / "transformer" / "config.json").read_text())["filled_layers"] is None
 
 

@@ -20,6 +20,7 @@ from tuna_hf import (
     TunaProcessor,
     TunaVideoPipelineOutput,
 )
+from tuna_hf.pipelines import OFFICIAL_EDIT_NEGATIVE_PROMPT
 from tuna_hf.tiny import tiny_tuna_model, tiny_tuna_processor
 
 ENCODERS = ("vae_siglip", "siglip", "patch")
@@ -178,6 +179,28 @@ def test_from_pipe_shares_modules_without_casting(tmp_path, pipelines):
     assert pipe.transformer.dtype == torch.bfloat16 and pipe.transformer.model.vae.dtype == torch.float32
     image = generate(edit, image=PIL.Image.new("RGB", (SIZE, SIZE)), prompt="make it red", output_type="np")
     assert image.shape == (1, SIZE, SIZE, 3)
+
+
+def test_edit_negative_prompt_is_a_repository_setting(tmp_path, byte_tokenizer, pipelines):
+    """Without `negative_prompt`, editing uses the repository's `edit_negative_prompt` (official by default); it is
+    saved in model_index.json, loaded back and carried over by `from_pipe`."""
+    official = TunaEditPipeline.from_pipe(pipelines["patch"])
+    assert official.config.edit_negative_prompt == OFFICIAL_EDIT_NEGATIVE_PROMPT
+    source = {"image": PIL.Image.new("RGB", (SIZE, SIZE), (40, 70, 220)), "prompt": "make it red"}
+    explicit = generate(official, **source, negative_prompt=OFFICIAL_EDIT_NEGATIVE_PROMPT, output_type="latent")
+    torch.testing.assert_close(generate(official, **source, output_type="latent"), explicit)
+
+    empty = tiny_pipeline("patch", byte_tokenizer)
+    empty.register_to_config(edit_negative_prompt="")
+    empty.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["edit_negative_prompt"] == ""
+    edit = TunaEditPipeline.from_pipe(TunaPipeline.from_pretrained(tmp_path, dtype=torch.float32))
+    assert edit.config.edit_negative_prompt == ""
+    by_default = generate(edit, **source, output_type="latent")
+    torch.testing.assert_close(by_default, generate(edit, **source, negative_prompt="", output_type="latent"))
+    assert (by_default - explicit).abs().max() > 1e-4
+    with pytest.raises(TypeError, match="edit_negative_prompt"):
+        TunaPipeline(empty.transformer, empty.processor, empty.scheduler, edit_negative_prompt=None)
 
 
 def test_hub_repo_ids_go_through_download(tmp_path, pipelines, monkeypatch):

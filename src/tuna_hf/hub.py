@@ -3,6 +3,9 @@
 from importlib import resources
 from pathlib import Path
 
+from .pipelines import OFFICIAL_EDIT_NEGATIVE_PROMPT
+from .scheduling_tuna import TunaFlowMatchScheduler
+
 VARIANT_DESCRIPTIONS = {
     "tuna": "Tuna model (Wan 2.2 VAE encoder → SigLIP2 → Qwen2.5; velocity flow matching in the VAE latent space)",
     "tuna_r": "Tuna-R model (SigLIP2 on pixels → Qwen2.5; x0 flow matching in pixel space)",
@@ -14,6 +17,16 @@ GENERIC_EXAMPLES = {
     "example_prompt": "a red fox in the snow",
     "example_instruction": "make it night",
 }
+# The scheduler settings a card compares with the official predict defaults.
+SAMPLING_SETTINGS = (
+    "solver",
+    "prediction_type",
+    "shift",
+    "noise_scale",
+    "guidance_scale",
+    "edit_guidance_scale",
+    "video_guidance_scale",
+)
 GENERIC_LIMITATIONS = (
     "The official release's limitations apply (see its repository): English prompts, the biases of its training "
     "data, and resolutions near the ones it was trained at."
@@ -49,7 +62,7 @@ def write_model_card(
         variant=model.config.variant,
         variant_description=VARIANT_DESCRIPTIONS[model.config.variant],
         sizes=describe_size(model),
-        sampling_defaults=describe_sampling(pipeline.scheduler.config),
+        sampling_defaults=describe_sampling(pipeline),
         provenance=provenance,
         limitations=limitations,
         **(examples or GENERIC_EXAMPLES),
@@ -71,13 +84,34 @@ def describe_size(model) -> str:
     )
 
 
-def describe_sampling(scheduler_config) -> str:
-    """The model card's sampling-defaults line, read from the scheduler's config."""
-    return (
-        f"{scheduler_config.solver} sampler, {scheduler_config.prediction_type} prediction, guidance "
-        f"{scheduler_config.guidance_scale} (text-to-image) / {scheduler_config.edit_guidance_scale} (editing), "
-        f"initial noise scale {scheduler_config.noise_scale}"
+def describe_sampling(pipeline) -> str:
+    """The model card's sampling-defaults paragraph, read from the scheduler's and the pipeline's config, and how it
+    differs from the variant's official predict defaults."""
+    config, variant = pipeline.scheduler.config, pipeline.transformer.config.variant
+    low, high = config.guidance_interval
+    guidance = f"guidance {config.guidance_scale} (text-to-image) / {config.edit_guidance_scale} (editing)"
+    if (low, high) != (0.0, 1.0):
+        guidance += f" at flow times {f'{low} < ' if low else ''}t < {high}"
+    negative = pipeline.config.edit_negative_prompt
+    official_negative = negative == OFFICIAL_EDIT_NEGATIVE_PROMPT
+    negative_text = {OFFICIAL_EDIT_NEGATIVE_PROMPT: "the official one", "": "empty"}.get(negative, f"`{negative}`")
+    summary = (
+        f"{config.solver} sampler, {config.prediction_type} prediction, {guidance}, initial noise scale "
+        f"{config.noise_scale}; editing's default negative prompt: {negative_text}"
     )
+    official = TunaFlowMatchScheduler.from_official_defaults(variant).config
+    differences = [
+        f"`{name}` {config[name]!r} (official {official[name]!r})"
+        for name in SAMPLING_SETTINGS
+        if config[name] != official[name]
+    ]
+    if (low, high) != (0.0, 1.0):
+        differences.append(f"`guidance_interval` {(low, high)} (official: always)")
+    if not official_negative:
+        differences.append("`edit_negative_prompt` (official: `OFFICIAL_EDIT_NEGATIVE_PROMPT`)")
+    if not differences:
+        return f"{summary}. These are the official {variant} predict defaults."
+    return f"{summary}. They differ from the official {variant} predict defaults in " + ", ".join(differences) + "."
 
 
 def upload_repository(folder, repo_id: str, private: bool = False) -> str:

@@ -7,11 +7,11 @@ and `scheduler` (`TunaFlowMatchScheduler`).
 
 import diffusers
 
-from .base import TunaBasePipeline
+from .base import OFFICIAL_EDIT_NEGATIVE_PROMPT, TunaBasePipeline
 from .lora import TunaLoraLoaderMixin
 from .pipeline_output import TunaPipelineOutput, TunaVideoPipelineOutput
 from .pipeline_tuna import OFFICIAL_T2I_NEGATIVE_PROMPT, TunaPipeline
-from .pipeline_tuna_edit import OFFICIAL_EDIT_NEGATIVE_PROMPT, TunaEditPipeline
+from .pipeline_tuna_edit import TunaEditPipeline
 from .prompt_cache import TunaPromptCache
 
 # `DiffusionPipeline.from_pretrained` resolves `model_index.json`'s `_class_name` on the diffusers namespace

@@ -17,6 +17,15 @@ from .prompt_cache import TunaPromptCache
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 COMPONENT_NAMES = ("transformer", "processor", "scheduler")
+# The official default negative prompt for editing (`tuna/models/misc.py`, also `configs/predict/edit.yaml`), which
+# the official `prepare_gen_input_edit` uses when no negative prompt is given.
+OFFICIAL_EDIT_NEGATIVE_PROMPT = (
+    "identity changed, different person, face altered, different facial features, lost subject, missing subject, "
+    "replaced subject, drastic pose change, broken anatomy, extra limbs, missing limbs, distorted body, deformed face, "
+    "hallucinated details, removed subject details, inconsistent lighting, mismatched style, oversaturated edit, "
+    "unintended color shift, blurry, watermark, jpeg artifacts, text artifacts, low quality, worst quality, "
+    "bad composition"
+)
 # Sequence tokens that follow the target span in the official layout: `<|vision_end|> <|im_end|>`.
 TOKENS_AFTER_TARGET_SPAN = 2
 
@@ -25,16 +34,27 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
     r"""
     Components: `transformer` ([`TunaForUnifiedMultimodal`], which holds Tuna's Wan 2.2 VAE as `transformer.model.vae`),
     `processor` ([`TunaProcessor`]) and `scheduler` ([`TunaFlowMatchScheduler`]).
+
+    `edit_negative_prompt` (stored in `model_index.json`, shared by both pipelines of a repository): the text of the
+    unconditional rows when [`TunaEditPipeline`] gets no `negative_prompt`. The official one by default; a model
+    trained with empty instructions as its unconditional case (caption dropout, as `examples/train.py`) sets `""`.
     """
 
     model_cpu_offload_seq = "transformer"
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
-        self, transformer: TunaForUnifiedMultimodal, processor: TunaProcessor, scheduler: TunaFlowMatchScheduler
+        self,
+        transformer: TunaForUnifiedMultimodal,
+        processor: TunaProcessor,
+        scheduler: TunaFlowMatchScheduler,
+        edit_negative_prompt: str = OFFICIAL_EDIT_NEGATIVE_PROMPT,
     ):
         super().__init__()
+        if not isinstance(edit_negative_prompt, str):
+            raise TypeError(f"`edit_negative_prompt` must be a string, got {edit_negative_prompt!r}.")
         self.register_modules(transformer=transformer, processor=processor, scheduler=scheduler)
+        self.register_to_config(edit_negative_prompt=edit_negative_prompt)
 
     @classmethod
     def download(cls, pretrained_model_name: str, **kwargs) -> str | os.PathLike:
@@ -54,14 +74,18 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
     @classmethod
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "TunaBasePipeline":
         """
-        A pipeline of this class sharing `pipeline`'s components (`kwargs` replace some). Unlike diffusers'
-        `from_pipe`, which casts the shared modules to `dtype` (float32 by default) in place, nothing is cast.
+        A pipeline of this class sharing `pipeline`'s components and `edit_negative_prompt` (`kwargs` replace
+        some). Unlike diffusers' `from_pipe`, which casts the shared modules to `dtype` (float32 by default) in place,
+        nothing is cast.
         """
-        unknown = set(kwargs) - set(COMPONENT_NAMES)
+        unknown = set(kwargs) - set(COMPONENT_NAMES) - {"edit_negative_prompt"}
         if unknown:
-            raise TypeError(f"`from_pipe` takes only components {COMPONENT_NAMES}, got {sorted(unknown)}.")
+            raise TypeError(
+                f"`from_pipe` takes only components {COMPONENT_NAMES} and `edit_negative_prompt`, got {sorted(unknown)}."
+            )
         components = {name: kwargs.get(name, getattr(pipeline, name)) for name in COMPONENT_NAMES}
-        return cls(**components)
+        default_negative = pipeline.config.get("edit_negative_prompt", OFFICIAL_EDIT_NEGATIVE_PROMPT)
+        return cls(**components, edit_negative_prompt=kwargs.get("edit_negative_prompt", default_negative))
 
     @property
     def guidance_scale(self) -> float:

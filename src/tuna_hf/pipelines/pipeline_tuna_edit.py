@@ -10,16 +10,6 @@ from .base import TunaBasePipeline
 from .pipeline_output import TunaPipelineOutput
 from .prompt_cache import TunaPromptCache
 
-# The official default negative prompt for editing (`tuna/models/misc.py`, also `configs/predict/edit.yaml`), used
-# when `negative_prompt` is None, as in the official `prepare_gen_input_edit`.
-OFFICIAL_EDIT_NEGATIVE_PROMPT = (
-    "identity changed, different person, face altered, different facial features, lost subject, missing subject, "
-    "replaced subject, drastic pose change, broken anatomy, extra limbs, missing limbs, distorted body, deformed face, "
-    "hallucinated details, removed subject details, inconsistent lighting, mismatched style, oversaturated edit, "
-    "unintended color shift, blurry, watermark, jpeg artifacts, text artifacts, low quality, worst quality, "
-    "bad composition"
-)
-
 
 class TunaEditPipeline(TunaBasePipeline):
     r"""
@@ -68,7 +58,7 @@ class TunaEditPipeline(TunaBasePipeline):
         use_prompt_cache: bool = True,
     ) -> TunaPromptCache:
         """Rows (`num_images_per_prompt` per instruction, then the unconditional rows) with their source image."""
-        negative = OFFICIAL_EDIT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+        negative = self.config.edit_negative_prompt if negative_prompt is None else negative_prompt
         prompts, negatives = self._texts_per_image(prompt, negative, num_images_per_prompt)
         sources = source_latents.repeat_interleave(num_images_per_prompt, dim=0)
         if negatives is not None:
@@ -115,8 +105,8 @@ class TunaEditPipeline(TunaBasePipeline):
             image (PIL image, `np.ndarray`, `torch.Tensor`, or a list): the source image(s), one per prompt or one
                 for all; converted by the processor's image processor.
             prompt (`str` or `list[str]`): the editing instruction(s).
-            negative_prompt (`str` or `list[str]`, *optional*): the unconditional rows' text; default
-                `OFFICIAL_EDIT_NEGATIVE_PROMPT`, as the official code.
+            negative_prompt (`str` or `list[str]`, *optional*): the unconditional rows' text; default the
+                repository's `edit_negative_prompt` (`OFFICIAL_EDIT_NEGATIVE_PROMPT` unless it says otherwise).
             image_latents (`torch.Tensor` `[B, C, 1, h, w]`, *optional*): the source already in the flow space
                 (e.g. a cached VAE sample), instead of `image`.
             height, width (`int`, *optional*): the output (and source) size; default the source's size rounded down
