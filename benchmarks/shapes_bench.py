@@ -1,10 +1,13 @@
 """ShapesBench: text-to-image, VQA and editing scores of a pipeline repository on the shapes world.
 
     python benchmarks/shapes_bench.py [--model checkpoints/shapes-tuna-2] [--steps 20] [--subset 0]
+        [--official-sampler] [--guidance-interval LOW HIGH] [--edit-negative-prompt TEXT]
 
 T2I and VQA run over the 162 scenes (VQA: 3 questions each), editing over the fixed 162-item edit set
-(`tuna_hf.shapes.bench_edits`); `--subset N` keeps every k-th item (N per task). Scores are read back from the
-pixels (`tuna_hf.shapes.read_scene`); the scores also go to `--output` as JSON.
+(`tuna_hf.shapes.bench_edits`); `--subset N` keeps N items per task (`tuna_hf.shapes.bench_subset`, balanced over
+positions and edited attributes; CI uses 27). Scores are read back from the pixels (`tuna_hf.shapes.read_scene`);
+they also go to `--output` as JSON. By default the checkpoint's own sampling settings are used; `--official-sampler`
+replaces them by the variant's official predict defaults, the other two flags override single settings.
 """
 
 import argparse
@@ -14,14 +17,18 @@ from pathlib import Path
 
 import torch
 
-from tuna_hf import TunaEditPipeline, TunaPipeline
-from tuna_hf.shapes import all_scenes, bench_edits, score_editing, score_text_to_image, score_understanding
+from tuna_hf import TunaEditPipeline, TunaFlowMatchScheduler, TunaPipeline
+from tuna_hf.pipelines import OFFICIAL_EDIT_NEGATIVE_PROMPT
+from tuna_hf.shapes import (
+    all_scenes,
+    bench_edits,
+    bench_subset,
+    score_editing,
+    score_text_to_image,
+    score_understanding,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def every_kth(items: list, count: int) -> list:
-    return items if not count or count >= len(items) else items[:: len(items) // count][:count]
 
 
 def main():
@@ -30,17 +37,36 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--subset", type=int, default=0, help="items per task (0: all 162)")
     parser.add_argument("--output", type=Path, default=Path("outputs") / "shapes_bench.json")
+    parser.add_argument("--official-sampler", action="store_true", help="the official predict defaults instead")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"))
+    parser.add_argument("--edit-negative-prompt")
     args = parser.parse_args()
     pipe = TunaPipeline.from_pretrained(args.model, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    edit = TunaEditPipeline.from_pipe(pipe)
-    scenes, edits = every_kth(all_scenes(), args.subset), every_kth(bench_edits(), args.subset)
+    edit_negative_prompt = pipe.config.edit_negative_prompt
+    if args.official_sampler:
+        pipe.scheduler = TunaFlowMatchScheduler.from_official_defaults(pipe.transformer.config.variant)
+        edit_negative_prompt = OFFICIAL_EDIT_NEGATIVE_PROMPT
+    if args.guidance_interval:
+        pipe.scheduler = TunaFlowMatchScheduler.from_config(
+            pipe.scheduler.config, guidance_interval=tuple(args.guidance_interval)
+        )
+    if args.edit_negative_prompt is not None:
+        edit_negative_prompt = args.edit_negative_prompt
+    edit = TunaEditPipeline.from_pipe(pipe, edit_negative_prompt=edit_negative_prompt)
+    scenes, edits = all_scenes(), bench_edits()
+    if args.subset:
+        scenes, edits = bench_subset(scenes, args.subset), bench_subset(edits, args.subset)
     start = time.perf_counter()
     t2i, _ = score_text_to_image(pipe, scenes, args.steps)
     vqa = score_understanding(pipe.transformer, pipe.processor, scenes)
     editing, _ = score_editing(edit, edits, args.steps)
     seconds = time.perf_counter() - start
     scores = {"text_to_image": t2i, "vqa": vqa, "editing": editing, "items": len(scenes), "steps": args.steps}
+    scores["guidance_interval"] = list(pipe.scheduler.config.guidance_interval)
+    scores["edit_negative_prompt"] = (
+        "official" if edit_negative_prompt == OFFICIAL_EDIT_NEGATIVE_PROMPT else edit_negative_prompt
+    )
     scores["seconds"] = round(seconds, 1)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(scores, indent=1))

@@ -1,6 +1,7 @@
 """The shapes world is drawn exactly as specified, ShapesBench reads it back, and the committed checkpoint passes
 ShapesBench on a fixed subset (a regression test of the whole stack)."""
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,12 @@ from tuna_hf import TunaEditPipeline, TunaPipeline
 from tuna_hf.shapes import (
     CELL_CENTERS,
     COLORS,
+    POSITIONS,
     Scene,
     all_edits,
     all_scenes,
     bench_edits,
+    bench_subset,
     read_scene,
     score_editing,
     score_text_to_image,
@@ -24,7 +27,7 @@ from tuna_hf.shapes import (
 from tuna_hf.tiny import build_byte_tokenizer
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes-tuna-2"
-EVERY = 6  # the CI subset: every 6th scene and edit, 27 items per task
+SUBSET = 27  # items per task in CI: 3 scenes per position, 9 edits per edited attribute
 STEPS = 20  # the quickstart's
 
 
@@ -57,6 +60,17 @@ def test_captions_questions_and_edits():
         assert changed == [edit.attribute]
 
 
+def test_bench_subset_is_fixed_and_balanced():
+    scenes, edits = bench_subset(all_scenes(), 27), bench_subset(bench_edits(), 27)
+    assert scenes == bench_subset(all_scenes(), 27) and len(set(scenes)) == 27
+    assert Counter(scene.position for scene in scenes) == dict.fromkeys(POSITIONS, 3)
+    assert len({scene.color for scene in scenes}) == 6 and len({scene.shape for scene in scenes}) == 3
+    assert Counter(edit.attribute for edit in edits) == {"color": 9, "shape": 9, "position": 9}
+    assert bench_subset(all_scenes(), 162) == all_scenes()
+    with pytest.raises(ValueError, match="multiple of 9"):
+        bench_subset(all_scenes(), 20)
+
+
 def test_shapes_tokenizer_makes_words_single_tokens_and_encodes_any_text():
     tokenizer = build_byte_tokenizer(world_texts())
     assert tokenizer.get_vocab() == build_byte_tokenizer(world_texts()).get_vocab()  # deterministic merges
@@ -76,6 +90,23 @@ def test_checker_reads_every_scene_and_tolerates_noise():
     assert read_scene(np.full((64, 64, 3), 255, np.uint8)).color is None
 
 
+def blend_in(base: Scene, other: Scene, opacity: float) -> np.ndarray:
+    """`base` with `other` painted over it at `opacity` (1: fully drawn) where `other`'s shape is."""
+    pixels, extra = np.asarray(base.draw()).astype(np.float32), np.asarray(other.draw()).astype(np.float32)
+    inside = (extra != 255).any(-1)
+    pixels[inside] = (1 - opacity) * pixels[inside] + opacity * extra[inside]
+    return pixels.round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("color", COLORS)
+def test_checker_ignores_faint_residue_but_not_a_second_shape(color):
+    """A pixel is the shape's when it is nearer to a colour than to white: a pale copy elsewhere (40 % opacity) is
+    background, a clearer one (60 %) makes the reading wrong, as it should."""
+    scene, copy = Scene(color, "circle", "top left"), Scene(color, "square", "top right")
+    assert read_scene(blend_in(scene, copy, 0.4)).matches(scene)
+    assert not read_scene(blend_in(scene, copy, 0.6)).matches(scene)
+
+
 @pytest.fixture(scope="module")
 def shapes_pipeline():
     assert (CHECKPOINT / "model_index.json").exists(), f"the committed shapes checkpoint is missing at {CHECKPOINT}"
@@ -85,14 +116,17 @@ def shapes_pipeline():
 
 
 def test_shapes_bench_text_to_image(shapes_pipeline):
-    score, _ = score_text_to_image(shapes_pipeline, all_scenes()[::EVERY], STEPS)
+    score, _ = score_text_to_image(shapes_pipeline, bench_subset(all_scenes(), SUBSET), STEPS)
     assert score >= 0.90
 
 
 def test_shapes_bench_vqa(shapes_pipeline):
-    assert score_understanding(shapes_pipeline.transformer, shapes_pipeline.processor, all_scenes()[::EVERY]) >= 0.95
+    assert (
+        score_understanding(shapes_pipeline.transformer, shapes_pipeline.processor, bench_subset(all_scenes(), SUBSET))
+        >= 0.95
+    )
 
 
 def test_shapes_bench_editing(shapes_pipeline):
-    score, _ = score_editing(TunaEditPipeline.from_pipe(shapes_pipeline), bench_edits()[::EVERY], STEPS)
+    score, _ = score_editing(TunaEditPipeline.from_pipe(shapes_pipeline), bench_subset(bench_edits(), SUBSET), STEPS)
     assert score >= 0.80

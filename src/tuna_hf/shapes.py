@@ -107,6 +107,23 @@ def bench_edits(seed: int = 0) -> list[Edit]:
     return edits
 
 
+def bench_subset(items: list, count: int, seed: int = 0) -> list:
+    """A fixed subset of `count` ShapesBench items (scenes or edits), in their order, drawn with `seed` so that every
+    position (scenes) or every edited attribute (edits) is equally represented. A plain stride would alias with the
+    grid: every 6th scene lies in the left column, every 6th edit of `bench_edits` is a colour edit."""
+    strata = {}
+    for index, item in enumerate(items):
+        strata.setdefault(item.attribute if isinstance(item, Edit) else item.position, []).append(index)
+    if count % len(strata) or count // len(strata) > min(len(group) for group in strata.values()):
+        raise ValueError(
+            f"`count` must be a multiple of {len(strata)} (one share per position or edited attribute) and at most "
+            f"{len(items)}, got {count}."
+        )
+    rng = random.Random(seed)
+    chosen = sorted(index for group in strata.values() for index in rng.sample(group, count // len(strata)))
+    return [items[index] for index in chosen]
+
+
 def world_texts() -> list[str]:
     """Every caption, question, answer and edit instruction of the world (with repeats), e.g. to learn BPE merges."""
     scenes = all_scenes()
@@ -136,7 +153,9 @@ def training_records(image_paths: dict[Scene, str], repeats: dict[str, int]) -> 
 # ---------------------------------------------------------------------------------------------------------------
 # ShapesBench: read the attributes back from pixels.
 
-BACKGROUND_DISTANCE = 60  # RGB distance from white above which a pixel belongs to the shape
+# A pixel belongs to the shape when it is nearer (RGB distance) to one of the six colours than to the white
+# background: faint residue, e.g. a pale outline, is background, as it is to the eye; anything more saturated counts.
+PALETTE = ((255, 255, 255), *COLORS.values())
 # Filled share of the shape's bounding box: square 1, circle π/4 ≈ 0.79, triangle ≈ 0.5.
 SHAPE_FILL = {"square": 1.0, "circle": 0.79, "triangle": 0.53}
 
@@ -154,7 +173,7 @@ class Reading:
 def read_scene(image) -> Reading:
     """Colour, shape and position of the one shape in `image` (PIL or uint8 array), or None where unreadable."""
     pixels = np.asarray(image.convert("RGB") if isinstance(image, PIL.Image.Image) else image, dtype=np.float32)
-    foreground = np.linalg.norm(pixels - 255.0, axis=-1) > BACKGROUND_DISTANCE
+    foreground = np.linalg.norm(pixels[..., None, :] - np.array(PALETTE, np.float32), axis=-1).argmin(-1) > 0
     if foreground.sum() < 20:
         return Reading(None, None, None)
     y, x = np.nonzero(foreground)
