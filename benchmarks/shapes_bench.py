@@ -1,6 +1,6 @@
 """ShapesBench: text-to-image, VQA and editing scores of a pipeline repository on the shapes world.
 
-    python benchmarks/shapes_bench.py [--model checkpoints/shapes-tuna-2] [--steps 20] [--subset 0]
+    python benchmarks/shapes_bench.py [--model checkpoints/shapes-tuna-2] [--steps 20] [--subset 0] [--seed 0]
         [--official-sampler] [--guidance-interval LOW HIGH] [--edit-negative-prompt TEXT]
 
 T2I and VQA run over the 162 scenes (VQA: 3 questions each), editing over the fixed 162-item edit set
@@ -36,6 +36,7 @@ def main():
     parser.add_argument("--model", type=Path, default=REPO / "checkpoints" / "shapes-tuna-2")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--subset", type=int, default=0, help="items per task (0: all 162)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     parser.add_argument("--output", type=Path, default=Path("outputs") / "shapes_bench.json")
     parser.add_argument("--official-sampler", action="store_true", help="the official predict defaults instead")
     parser.add_argument("--guidance-interval", type=float, nargs=2, metavar=("LOW", "HIGH"))
@@ -54,15 +55,17 @@ def main():
     if args.edit_negative_prompt is not None:
         edit_negative_prompt = args.edit_negative_prompt
     edit = TunaEditPipeline.from_pipe(pipe, edit_negative_prompt=edit_negative_prompt)
+    edit.set_progress_bar_config(disable=True)
     scenes, edits = all_scenes(), bench_edits()
     if args.subset:
         scenes, edits = bench_subset(scenes, args.subset), bench_subset(edits, args.subset)
     start = time.perf_counter()
-    t2i, _ = score_text_to_image(pipe, scenes, args.steps)
+    t2i, _ = score_text_to_image(pipe, scenes, args.steps, seed=args.seed)
     vqa = score_understanding(pipe.transformer, pipe.processor, scenes)
-    editing, _ = score_editing(edit, edits, args.steps)
+    editing, _ = score_editing(edit, edits, args.steps, seed=args.seed)
     seconds = time.perf_counter() - start
     scores = {"text_to_image": t2i, "vqa": vqa, "editing": editing, "items": len(scenes), "steps": args.steps}
+    scores["seed"] = args.seed
     scores["guidance_interval"] = list(pipe.scheduler.config.guidance_interval)
     scores["edit_negative_prompt"] = (
         "official" if edit_negative_prompt == OFFICIAL_EDIT_NEGATIVE_PROMPT else edit_negative_prompt

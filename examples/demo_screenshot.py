@@ -47,7 +47,7 @@ def main():
             page.goto(demo.local_url)
             page.get_by_role("tab", name="Text-to-image").click()
             page.get_by_role("button", name="Generate").click()
-            page.locator(".gallery img, [data-testid='gallery'] img").first.wait_for(timeout=120_000)
+            page.locator(".thumbnail-item img").first.wait_for(timeout=120_000)  # gradio 6's gallery items
             page.wait_for_timeout(500)
             args.output.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(args.output), full_page=True)

@@ -47,9 +47,9 @@ def test_finalize_assembles_the_repository_with_its_card_and_pushes_it(tmp_path,
     import huggingface_hub
 
     processor = tiny_tuna_processor(build_byte_tokenizer(world_texts()))
-    TunaPipeline(tiny_tuna_model("patch", processor.tokenizer), processor, TunaFlowMatchScheduler()).save_pretrained(
-        tmp_path / "run"
-    )
+    scheduler = TunaFlowMatchScheduler.from_official_defaults("tuna_2", guidance_interval=(0.0, 0.925))
+    model = tiny_tuna_model("patch", processor.tokenizer)
+    TunaPipeline(model, processor, scheduler, edit_negative_prompt="").save_pretrained(tmp_path / "run")
     scores = {"steps": 20, "text_to_image": 0.95, "vqa": 1.0, "editing": 0.85}
     (tmp_path / "scores.json").write_text(json.dumps(scores))
     calls = []
@@ -62,6 +62,11 @@ def test_finalize_assembles_the_repository_with_its_card_and_pushes_it(tmp_path,
     card = (tmp_path / "out" / "README.md").read_text()
     assert "text-to-image 0.950, VQA 1.000, editing 0.850" in card
     assert 'from_pretrained("someone/shapes", subfolder="transformer"' in card and "license: apache-2.0" in card
+    assert (
+        "guidance 3.0 (text-to-image) / 2.0 (editing) at flow times t < 0.925, initial noise scale 2.0; editing's "
+        "default negative prompt: empty. They differ from the official tuna_2 predict defaults in "
+        "`guidance_interval` (0.0, 0.925) (official: always), `edit_negative_prompt`" in " ".join(card.split())
+    )
     assert {"model_index.json", "transformer", "processor", "scheduler"} <= {
         p.name for p in (tmp_path / "out").iterdir()
     }

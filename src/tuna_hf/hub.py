@@ -108,7 +108,7 @@ def describe_sampling(pipeline) -> str:
     if (low, high) != (0.0, 1.0):
         differences.append(f"`guidance_interval` {(low, high)} (official: always)")
     if not official_negative:
-        differences.append("`edit_negative_prompt` (official: `OFFICIAL_EDIT_NEGATIVE_PROMPT`)")
+        differences.append("`edit_negative_prompt` (official: `tuna_hf.pipelines.OFFICIAL_EDIT_NEGATIVE_PROMPT`)")
     if not differences:
         return f"{summary}. These are the official {variant} predict defaults."
     return f"{summary}. They differ from the official {variant} predict defaults in " + ", ".join(differences) + "."
