@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tuna_hf import TunaEditPipeline, TunaPipeline
@@ -37,18 +37,21 @@ EDITS = [
     Edit(Scene("green", "square", "top left"), "shape", Scene("green", "triangle", "top left")),
     Edit(Scene("purple", "triangle", "bottom"), "position", Scene("purple", "triangle", "top right")),
 ]
-CELL, LABEL = 192, 36
+CELL, LABEL, GAP = 256, 30, 12  # 64×64 pictures upscaled 4× (nearest), a caption line under each
 
 
 def labelled_grid(images: list[Image.Image], labels: list[str], columns: int) -> Image.Image:
-    """Images upscaled (nearest) in a grid, each with its label underneath."""
+    """Images upscaled in a grid, each framed, with its label underneath."""
     rows = (len(images) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * CELL, rows * (CELL + LABEL)), "white")
+    pitch_x, pitch_y = CELL + GAP, CELL + LABEL + GAP
+    sheet = Image.new("RGB", (GAP + columns * pitch_x, GAP + rows * pitch_y), "white")
     draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=16)
     for index, (image, label) in enumerate(zip(images, labels)):
-        x, y = index % columns * CELL, index // columns * (CELL + LABEL)
+        x, y = GAP + index % columns * pitch_x, GAP + index // columns * pitch_y
         sheet.paste(image.resize((CELL, CELL), Image.NEAREST), (x, y))
-        draw.text((x + 6, y + CELL + 4), label, fill="black")
+        draw.rectangle((x - 1, y - 1, x + CELL, y + CELL), outline=(170, 170, 170))
+        draw.text((x, y + CELL + 6), label, fill="black", font=font)
     return sheet
 
 
