@@ -108,6 +108,21 @@ def test_default_sampling_settings_come_from_the_scheduler(pipelines):
     assert calls == [4.0] * (2 * STEPS - 1)
 
 
+@pytest.mark.parametrize("edit", [False, True])
+def test_guidance_below_one_extrapolates_as_the_official_sampler(pipelines, edit):
+    """Official samplers guide for any g > 0: a one-step sample is affine in g, so g = 0.5 lies at −0.5 of the way
+    from g = 1 to g = 2; 0 and 1 are the conditional prediction alone."""
+    pipe = TunaEditPipeline.from_pipe(pipelines["patch"]) if edit else pipelines["patch"]
+    source = {"image": PIL.Image.new("RGB", (SIZE, SIZE), "red")} if edit else {}
+    samples = {
+        g: generate(pipe, **source, num_inference_steps=1, guidance_scale=g, output_type="latent")
+        for g in (0.0, 0.5, 1.0, 2.0)
+    }
+    torch.testing.assert_close(samples[0.0], samples[1.0])
+    assert (samples[2.0] - samples[1.0]).abs().max() > 1e-4
+    torch.testing.assert_close(samples[0.5] - samples[1.0], -0.5 * (samples[2.0] - samples[1.0]), atol=1e-6, rtol=0)
+
+
 def test_callback_can_change_latents_and_interrupt(pipelines):
     pipe = pipelines["patch"]
     seen = []
@@ -285,6 +300,7 @@ class TestErrors:
             ({"num_images_per_prompt": 0}, "`num_images_per_prompt` must be a positive integer"),
             ({"callback_on_step_end_tensor_inputs": ["noise"]}, "`callback_on_step_end_tensor_inputs` must be in"),
             ({"num_inference_steps": 0}, "`num_inference_steps` must be an integer"),
+            ({"guidance_scale": -1.0}, "`guidance_scale` must be a number ≥ 0"),
         ],
     )
     def test_text_to_image_arguments(self, pipelines, kwargs, message):

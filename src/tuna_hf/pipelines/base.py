@@ -93,7 +93,15 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1
+        # The official samplers guide whenever the scale is positive (`if guidance_scale > 0.0`), so 0 < g < 1
+        # extrapolates towards the unconditional prediction; g = 1 is the conditional prediction, skipped here.
+        return self._guidance_scale > 0 and self._guidance_scale != 1
+
+    def _set_guidance_scale(self, guidance_scale: float | None, default: float) -> None:
+        value = default if guidance_scale is None else guidance_scale
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"`guidance_scale` must be a number ≥ 0 (0 or 1: no guidance), got {value!r}.")
+        self._guidance_scale = float(value)
 
     @property
     def num_timesteps(self) -> int:

@@ -120,7 +120,9 @@ class TunaPipeline(TunaBasePipeline):
             num_inference_steps (`int`, defaults to 50): the official step count (Tuna: grid points, 49 model calls
                 for 50; Tuna-R/Tuna-2: intervals, 50 calls with Euler, 99 with Heun).
             guidance_scale (`float`, *optional*): classifier-free guidance; default the scheduler's
-                `guidance_scale` (`video_guidance_scale` for videos), the variant's official default. ≤ 1 disables it.
+                `guidance_scale` (`video_guidance_scale` for videos), the variant's official default. As in the
+                official samplers, any positive scale guides (`uncond + g · (cond − uncond)`, so 0 < g < 1 leans
+                towards the negative prompt); 0 and 1 give the conditional prediction alone.
             num_images_per_prompt (`int`, defaults to 1): samples per prompt.
             generator (`torch.Generator` or list, *optional*): for the initial noise.
             latents (`torch.Tensor` `[B, C, T, h, w]`, *optional*): the initial sample exactly as the first model
@@ -149,8 +151,7 @@ class TunaPipeline(TunaBasePipeline):
         )
         video = num_frames > 1
         defaults = self.scheduler.config
-        default_guidance = defaults.video_guidance_scale if video else defaults.guidance_scale
-        self._guidance_scale = default_guidance if guidance_scale is None else guidance_scale
+        self._set_guidance_scale(guidance_scale, defaults.video_guidance_scale if video else defaults.guidance_scale)
         self._interrupt = False
 
         prompt_cache = self.encode_prompt(
