@@ -123,6 +123,12 @@ def test_guidance_below_one_extrapolates_as_the_official_sampler(pipelines, edit
     torch.testing.assert_close(samples[0.5] - samples[1.0], -0.5 * (samples[2.0] - samples[1.0]), atol=1e-6, rtol=0)
 
 
+def test_an_unused_negative_prompt_is_reported(pipelines, caplog):
+    with caplog.at_level("WARNING", logger="tuna_hf.pipelines.base"):
+        generate(pipelines["patch"], negative_prompt="blurry", guidance_scale=1.0, output_type="latent")
+    assert "`negative_prompt` is not used: guidance_scale=1.0 does not guide" in caplog.text
+
+
 def test_callback_can_change_latents_and_interrupt(pipelines):
     pipe = pipelines["patch"]
     seen = []

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import snapshot_download
 
@@ -14,6 +15,8 @@ from ..scheduling_tuna import TunaFlowMatchScheduler
 from ..wan_vae import decode_wan_latents
 from .lora import TunaLoraLoaderMixin
 from .prompt_cache import TunaPromptCache
+
+logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 COMPONENT_NAMES = ("transformer", "processor", "scheduler")
@@ -97,11 +100,13 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         # extrapolates towards the unconditional prediction; g = 1 is the conditional prediction, skipped here.
         return self._guidance_scale > 0 and self._guidance_scale != 1
 
-    def _set_guidance_scale(self, guidance_scale: float | None, default: float) -> None:
+    def _set_guidance_scale(self, guidance_scale: float | None, default: float, negative_prompt) -> None:
         value = default if guidance_scale is None else guidance_scale
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"`guidance_scale` must be a number ≥ 0 (0 or 1: no guidance), got {value!r}.")
         self._guidance_scale = float(value)
+        if negative_prompt and not self.do_classifier_free_guidance:
+            logger.warning(f"`negative_prompt` is not used: guidance_scale={value} does not guide.")
 
     @property
     def num_timesteps(self) -> int:

@@ -151,7 +151,8 @@ class TunaPipeline(TunaBasePipeline):
         )
         video = num_frames > 1
         defaults = self.scheduler.config
-        self._set_guidance_scale(guidance_scale, defaults.video_guidance_scale if video else defaults.guidance_scale)
+        default_guidance = defaults.video_guidance_scale if video else defaults.guidance_scale
+        self._set_guidance_scale(guidance_scale, default_guidance, negative_prompt)
         self._interrupt = False
 
         prompt_cache = self.encode_prompt(

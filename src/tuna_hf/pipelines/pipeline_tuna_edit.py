@@ -128,7 +128,7 @@ class TunaEditPipeline(TunaBasePipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
         )
-        self._set_guidance_scale(guidance_scale, self.scheduler.config.edit_guidance_scale)
+        self._set_guidance_scale(guidance_scale, self.scheduler.config.edit_guidance_scale, negative_prompt)
         self._interrupt = False
 
         sources = self.prepare_image_latents(image, image_latents, height, width, len(prompts), generator)
