@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tuna_hf import TunaEditPipeline, TunaPipeline, TunaProcessor
-from tuna_hf.convert_official import load_official_checkpoint, main
+from tuna_hf.convert_official import load_official_checkpoint, main, tuna_config_from_official
+from tuna_hf.official_presets import OFFICIAL_PRESETS
 from tuna_hf.scheduling_tuna import OFFICIAL_SAMPLING_DEFAULTS
 
 ATOL = RTOL = 1e-4
@@ -67,6 +68,16 @@ def test_repository_layout(converted, variant):
     assert f"variant: {variant}" in card and "{" not in card.split("```")[0]
     assert f"These are the official {variant} predict defaults." in card
     assert json.loads((repository / "transformer" / "config.json").read_text())["filled_layers"] is None
+
+
+@pytest.mark.parametrize(("preset", "noise"), [("tuna-2b", 0.0), ("tuna-r-7b", 0.1), ("tuna-2-7b", 0.1)])
+def test_presets_carry_the_official_understanding_noise(preset, noise):
+    spec = OFFICIAL_PRESETS[preset]
+    token_ids = {"img_pad_id": 1, "boi_id": 2, "eoi_id": 3}
+    config = tuna_config_from_official(
+        spec["official_class"], spec["model_kwargs"], spec["llm_config"], token_ids, spec["siglip_config"]
+    )
+    assert (config.understanding_noise_prob, config.understanding_noise_level) == (noise, 0.1)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -150,6 +150,17 @@ class TestModelLosses:
         assert seen["timesteps"][~batch["generation_targets"]].tolist() == [1.0, 1.0]
         assert (seen["timesteps"][batch["generation_targets"]] < 1).all()
 
+    def test_understanding_noise_spares_edit_sources(self, batch):
+        """The official `mmu_noise_prob` noises understanding images; edit sources stay at t = 1."""
+        _, batch = batch
+        model = tiny_tuna_model("patch")
+        model.config.understanding_noise_prob = 1.0
+        seen = {}
+        model.model.register_forward_pre_hook(lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True)
+        model(**batch)
+        understanding, _, edit_source, _ = seen["timesteps"].tolist()
+        assert 0.9 <= understanding < 1.0 and edit_source == 1.0
+
     def test_tuna_velocity_loss_with_vae_latents(self):
         model = tiny_tuna_model("vae_siglip")
         processor = tiny_tuna_processor(model.config and None, SIZE, SIZE)

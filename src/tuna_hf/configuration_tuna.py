@@ -96,8 +96,8 @@ class TunaConfig(PreTrainedConfig):
             1 / 1 for Tuna-R and Tuna-2).
         noise_scale: standard deviation of the training noise (1 for Tuna, 2 for the JiT pixel variants).
         understanding_noise_prob / understanding_noise_level: during training, with this probability an
-            understanding (or edit-source) image is seen at t = 1 − U(0, level) instead of clean (official
-            `mmu_noise_prob` / `mmu_noise_level`; 0 = off).
+            understanding image (not an edit source) is seen at t = 1 − U(0, level) instead of clean (official
+            `mmu_noise_prob` / `mmu_noise_level` of Tuna-R and Tuna-2, 0.1 / 0.1 in their model configs; 0 = off).
         filled_layers: layers a converted *foundation* checkpoint lacked and the conversion filled (decoder layers
             from the base LLM, flow-head blocks with the official fresh init), e.g.
             `["model.language_model.layers.5", "flow_head.layers.3"]`; the `restore` training recipe trains these.

@@ -149,6 +149,8 @@ def tuna_config_from_official(
         use_mask_token=bool(model_kwargs.get("enable_mask_token", False)),
         mask_ratio_min=model_kwargs.get("masked_image_ratio_min", -0.7),
         mask_ratio_max=model_kwargs.get("masked_image_ratio", 0.3),
+        understanding_noise_prob=model_kwargs.get("mmu_noise_prob", 0.0),
+        understanding_noise_level=model_kwargs.get("mmu_noise_level", 0.1),
         image_token_id=token_ids["img_pad_id"],
         boi_token_id=token_ids["boi_id"],
         eoi_token_id=token_ids["eoi_id"],

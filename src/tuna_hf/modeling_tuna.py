@@ -64,6 +64,10 @@ class TunaImageSpans:
     def num_images(self) -> int:
         return int(self.image_index.max()) + 1 if self.in_span.any() else 0
 
+    def image_rows(self) -> torch.LongTensor:
+        """The row (sample) each image sits in, `[num_images]`."""
+        return (self.slot == 0).nonzero()[:, 0]
+
     def lengths(self) -> torch.LongTensor:
         return torch.bincount(self.image_index[self.in_span], minlength=self.num_images)
 
@@ -700,7 +704,7 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         flow_training = None
         if generation_targets is not None:
             image_latents, timesteps, flow_training = self._noise_for_training(
-                pixel_values, image_latents, timesteps, generation_targets, flow_noise
+                input_ids, pixel_values, image_latents, timesteps, generation_targets, flow_noise
             )
             pixel_values = None
         outputs = self.model(
@@ -756,8 +760,9 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             flow_head_past_key_values=flow_head_past_key_values,
         )
 
-    def _noise_for_training(self, pixel_values, image_latents, timesteps, generation_targets, flow_noise):
-        """Clean images → the model's inputs: generation targets at sampled (or given) times, the others at t ≈ 1."""
+    def _noise_for_training(self, input_ids, pixel_values, image_latents, timesteps, generation_targets, flow_noise):
+        """Clean images → the model's inputs: generation targets at sampled (or given) times, edit sources at t = 1,
+        understanding images at t = 1 or, with `config.understanding_noise_prob`, slightly noised."""
         clean = self.model.encode_images(pixel_values) if pixel_values is not None else image_latents
         if clean is None:
             raise ValueError("`generation_targets` needs the clean images as `pixel_values` or `image_latents`.")
@@ -771,6 +776,9 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             timesteps = sample_understanding_times(
                 clean.shape[0], config.understanding_noise_prob, config.understanding_noise_level, clean.device
             )
+            if config.understanding_noise_prob > 0:
+                # The official `mmu_noise_prob` noises understanding images only; edit sources stay clean.
+                timesteps[self._edit_sources(input_ids, targets)] = 1.0
             timesteps[targets] = sample_flow_times(int(targets.sum()), config.prediction_type, clean.device)
         timesteps = self.model._check_timesteps(timesteps, clean)
         noise = flow_noise if flow_noise is not None else torch.randn_like(clean) * self.config.noise_scale
@@ -780,6 +788,17 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             )
         noisy = interpolate(clean, noise, timesteps)
         return noisy, timesteps, {"clean": clean, "noise": noise, "targets": targets}
+
+    def _edit_sources(self, input_ids, targets: torch.BoolTensor) -> torch.BoolTensor:
+        """The images that are not targets but share their sample with one: the sources of edits."""
+        if input_ids is None:
+            raise ValueError("`config.understanding_noise_prob` > 0 needs `input_ids` to tell edit sources apart.")
+        rows = TunaImageSpans.from_input_ids(input_ids, self.config.image_token_id).image_rows()
+        if rows.numel() != targets.numel():
+            raise ValueError(f"`input_ids` hold {rows.numel()} image spans for {targets.numel()} images.")
+        rows_with_targets = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=targets.device)
+        rows_with_targets[rows[targets]] = True
+        return ~targets & rows_with_targets[rows]
 
     def predict_flow(self, outputs: TunaModelOutputWithPast, **kwargs) -> torch.Tensor | None:
         """Flow head over the decoder output → `[num_images, C, T, H, W]` in the flow space (None without images)."""

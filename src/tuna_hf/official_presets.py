@@ -1,7 +1,7 @@
 """The released official TUNA configurations as data, for `convert_official --preset` (no network needed).
 
 Each preset holds what the official model YAML (`configs/model/*.yaml` of facebookresearch/tuna-2) contributes to the
-architecture, and the configs of the pretrained parts it names: the Qwen2.5-Instruct LLM and, for Tuna and Tuna-R,
+architecture and to training (masking, understanding noise), and the configs of the pretrained parts it names: the Qwen2.5-Instruct LLM and, for Tuna and Tuna-R,
 SigLIP2 so400m-patch16-384 (anatomy §1.1–1.2). The Wan 2.2 VAE uses `wan22_vae_config()`'s defaults.
 """
 
@@ -79,6 +79,8 @@ OFFICIAL_PRESETS = {
             "enable_mask_token": False,
             "masked_image_ratio": 0.75,
             "masked_image_ratio_min": 0.0,
+            "mmu_noise_prob": 0.1,
+            "mmu_noise_level": 0.1,
         },
         "llm_config": QWEN25_7B_INSTRUCT,
         "siglip_config": SIGLIP2_SO400M_PATCH16_384,
@@ -93,6 +95,8 @@ OFFICIAL_PRESETS = {
             "enable_mask_token": True,
             "masked_image_ratio": 0.3,
             "masked_image_ratio_min": -0.7,
+            "mmu_noise_prob": 0.1,
+            "mmu_noise_level": 0.1,
         },
         "llm_config": QWEN25_7B_INSTRUCT,
         "siglip_config": None,
