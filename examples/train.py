@@ -6,10 +6,10 @@
 Mixed batches of understanding, text-to-image, editing and video samples (the official jsonl formats,
 `tuna_hf.data`), the model's own losses (`loss = ntp_coeff · ntp + flow_coeff · flow`), a named recipe
 (`tuna_hf.recipes`), AdamW with the official betas/weight decay, linear warm-up, gradient clipping 1.0, gradient
-accumulation, optional gradient checkpointing, an optional EMA of the weights (`--ema-decay`), checkpoints every `--checkpointing-steps` (`--resume-from` continues
-the same run), losses logged to `OUTPUT/log.jsonl`, sample images every `--sample-every` steps. The result is a
-pipeline repository (full recipes) or a PEFT adapter (LoRA recipes) that `AutoModelForImageTextToText` (`load_adapter`)
-and `TunaPipeline.load_lora_weights` both load.
+accumulation, optional gradient checkpointing, an optional EMA of the weights (`--ema-decay`), checkpoints every
+`--checkpointing-steps` (`--resume-from` continues the same run), losses logged to `OUTPUT/log.jsonl`, sample
+images every `--sample-every` steps. The result is a pipeline repository (full recipes) or a PEFT adapter (LoRA
+recipes) that `AutoModelForImageTextToText` (`load_adapter`) and `TunaPipeline.load_lora_weights` both load.
 """
 
 import argparse

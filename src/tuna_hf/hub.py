@@ -89,8 +89,9 @@ def describe_sampling(pipeline) -> str:
     differs from the variant's official predict defaults."""
     config, variant = pipeline.scheduler.config, pipeline.transformer.config.variant
     low, high = config.guidance_interval
+    guided_always = (low, high) == (0.0, 1.0)
     guidance = f"guidance {config.guidance_scale} (text-to-image) / {config.edit_guidance_scale} (editing)"
-    if (low, high) != (0.0, 1.0):
+    if not guided_always:
         guidance += f" at flow times {f'{low} < ' if low else ''}t < {high}"
     negative = pipeline.config.edit_negative_prompt
     official_negative = negative == OFFICIAL_EDIT_NEGATIVE_PROMPT
@@ -105,7 +106,7 @@ def describe_sampling(pipeline) -> str:
         for name in SAMPLING_SETTINGS
         if config[name] != official[name]
     ]
-    if (low, high) != (0.0, 1.0):
+    if not guided_always:
         differences.append(f"`guidance_interval` {(low, high)} (official: always)")
     if not official_negative:
         differences.append("`edit_negative_prompt` (official: `tuna_hf.pipelines.OFFICIAL_EDIT_NEGATIVE_PROMPT`)")
