@@ -10,7 +10,7 @@ import time
 import torch
 
 from tuna_hf import TunaForUnifiedMultimodal
-from tuna_hf.tiny import tiny_tuna_config, tiny_tuna_processor
+from tuna_hf.testing import tiny_tuna_config, tiny_tuna_processor
 
 
 def timed_generate(model, inputs, new_tokens, use_cache):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from tuna_hf import TunaEditPipeline, TunaFlowMatchScheduler, TunaPipeline
 from tuna_hf.pipelines import TunaPromptCache
-from tuna_hf.tiny import tiny_tuna_model, tiny_tuna_processor
+from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
 
 OFFICIAL_LENGTHS = {  # (text-to-image, editing) sequence lengths of the official pipelines at 512²
     "tuna": (8192, 3072),

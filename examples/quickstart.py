@@ -18,7 +18,8 @@ from PIL import Image, ImageDraw, ImageFont
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tuna_hf import TunaEditPipeline, TunaPipeline
-from tuna_hf.shapes import QUESTIONS, Edit, Scene, edit_is_right, read_scene
+from tuna_hf.demo.shapes import QUESTIONS, Edit, Scene
+from tuna_hf.demo.shapes_bench import edit_is_right, read_scene
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = [

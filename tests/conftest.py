@@ -66,6 +66,6 @@ def parity_models():
 
 @pytest.fixture(scope="session")
 def byte_tokenizer():
-    from tuna_hf.tiny import build_byte_tokenizer
+    from tuna_hf.testing import build_byte_tokenizer
 
     return build_byte_tokenizer()

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
 
-from tuna_hf.tiny import tiny_tuna_model, tiny_tuna_processor
+from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
 
 
 def main(output: str):

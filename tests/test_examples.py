@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from tuna_hf import TunaFlowMatchScheduler, TunaPipeline
-from tuna_hf.shapes import world_texts
-from tuna_hf.tiny import build_byte_tokenizer, tiny_tuna_model, tiny_tuna_processor
+from tuna_hf.demo.shapes import world_texts
+from tuna_hf.testing import build_byte_tokenizer, tiny_tuna_model, tiny_tuna_processor
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ from diffusers import AutoencoderKLWan
 from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 from tuna_hf import TunaForUnifiedMultimodal
-from tuna_hf.tiny import build_byte_tokenizer
+from tuna_hf.testing import build_byte_tokenizer
 from tuna_hf.wan_vae import wan22_vae_config
 
 

@@ -14,8 +14,9 @@ from PIL import Image
 from test_examples import load_example
 
 from tuna_hf import TunaFlowMatchScheduler, TunaPipeline
-from tuna_hf.shapes import Scene, read_scene
-from tuna_hf.tiny import tiny_tuna_model, tiny_tuna_processor
+from tuna_hf.demo.shapes import Scene
+from tuna_hf.demo.shapes_bench import read_scene
+from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "checkpoints" / "shapes-tuna-2"

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from tuna_hf import TunaConfig, TunaForUnifiedMultimodal, TunaModel
-from tuna_hf.tiny import tiny_tuna_config, tiny_tuna_model, tiny_tuna_processor
+from tuna_hf.testing import tiny_tuna_config, tiny_tuna_model, tiny_tuna_processor
 
 ENCODERS = ("vae_siglip", "siglip", "patch")
 

@@ -21,7 +21,7 @@ from tuna_hf import (
     TunaVideoPipelineOutput,
 )
 from tuna_hf.pipelines import OFFICIAL_EDIT_NEGATIVE_PROMPT
-from tuna_hf.tiny import tiny_tuna_model, tiny_tuna_processor
+from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
 
 ENCODERS = ("vae_siglip", "siglip", "patch")
 SIZE = 32

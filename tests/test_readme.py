@@ -17,7 +17,7 @@ import pytest
 from test_conversion import conversion_arguments
 
 from tuna_hf import TunaFlowMatchScheduler, TunaPipeline
-from tuna_hf.tiny import tiny_tuna_model, tiny_tuna_processor
+from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```(python|bash)\n(.*?)^```", re.DOTALL | re.MULTILINE)

@@ -9,22 +9,16 @@ import pytest
 import torch
 
 from tuna_hf import TunaEditPipeline, TunaPipeline
-from tuna_hf.shapes import (
-    CELL_CENTERS,
-    COLORS,
-    POSITIONS,
-    Scene,
-    all_edits,
-    all_scenes,
+from tuna_hf.demo.shapes import CELL_CENTERS, COLORS, POSITIONS, Scene, all_edits, all_scenes, world_texts
+from tuna_hf.demo.shapes_bench import (
     bench_edits,
     bench_subset,
     read_scene,
     score_editing,
     score_text_to_image,
     score_understanding,
-    world_texts,
 )
-from tuna_hf.tiny import build_byte_tokenizer
+from tuna_hf.testing import build_byte_tokenizer
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes-tuna-2"
 SUBSET = 27  # items per task in CI: 3 scenes per position, 9 edits per edited attribute

@@ -18,7 +18,7 @@ from tuna_hf import TunaFlowMatchScheduler, TunaForUnifiedMultimodal, TunaPipeli
 from tuna_hf.data import IGNORE_INDEX, ResolutionBucketSampler, TunaDataCollator, TunaDataset
 from tuna_hf.losses import VELOCITY_TIME_SHIFT_MU, flow_loss, sample_flow_times, sample_understanding_times
 from tuna_hf.recipes import RECIPES, apply_recipe, count_trainable_parameters
-from tuna_hf.tiny import tiny_tuna_model, tiny_tuna_processor
+from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from tuna_hf import TunaFlowMatchScheduler, TunaForUnifiedMultimodal, TunaPipeline
-from tuna_hf.shapes import CANVAS, all_scenes, training_records, world_texts
-from tuna_hf.tiny import build_byte_tokenizer, tiny_tuna_config, tiny_tuna_processor
+from tuna_hf.demo.shapes import CANVAS, all_scenes, training_records, world_texts
+from tuna_hf.testing import build_byte_tokenizer, tiny_tuna_config, tiny_tuna_processor
 
 # Each scene gives 1 caption and 3 questions, and is the source of 15 edits. Per epoch: 1,944 text-to-image, 1,458
 # question and 2,430 edit samples. Questions (one answer token) are learnt first; the 162 pictures are learnt mostly

@@ -1,4 +1,5 @@
-"""Tiny random TUNA models and a byte-level tokenizer, built locally (no download): for tests, examples, benchmarks."""
+"""Tiny random TUNA models, their processor and a byte-level BPE tokenizer, built locally (no download): for tests,
+examples and benchmarks, and the tokenizer and configuration of the embedded shapes checkpoint."""
 
 from collections import Counter
 
