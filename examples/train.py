@@ -4,11 +4,11 @@
         --recipe lora-all --output runs/lora --max-steps 1000
 
 Mixed batches of understanding, text-to-image, editing and video samples (the official jsonl formats,
-`tuna_hf.data`), the model's own losses (`loss = ntp_coeff · ntp + flow_coeff · flow`), a named recipe
-(`tuna_hf.recipes`), AdamW with the official betas/weight decay, linear warm-up, gradient clipping 1.0, gradient
-accumulation, optional gradient checkpointing, an optional EMA of the weights (`--ema-decay`), checkpoints every
-`--checkpointing-steps` (`--resume-from` continues the same run), losses logged to `OUTPUT/log.jsonl`, sample
-images every `--sample-every` steps. The result is a pipeline repository (full recipes) or a PEFT adapter (LoRA
+`tuna_hf.data`), noised for the flow loss by `tuna_hf.losses.prepare_flow_training`, the model's own losses
+(`loss = ntp_coeff · ntp + flow_coeff · flow`), a named recipe (`tuna_hf.recipes`), AdamW with the official
+betas/weight decay, linear warm-up, gradient clipping 1.0, gradient accumulation, optional gradient checkpointing, an
+optional EMA of the weights (`--ema-decay`), checkpoints every `--checkpointing-steps` (`--resume-from` continues the
+same run), losses logged to `OUTPUT/log.jsonl`, sample images every `--sample-every` steps. The result is a pipeline repository (full recipes) or a PEFT adapter (LoRA
 recipes) that `AutoModelForImageTextToText` (`load_adapter`) and `TunaPipeline.load_lora_weights` both load.
 """
 
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from tuna_hf import TunaPipeline
 from tuna_hf.data import ResolutionBucketSampler, TunaDataCollator, TunaDataset
 from tuna_hf.hub import upload_repository, write_model_card
+from tuna_hf.losses import prepare_flow_training
 from tuna_hf.recipes import RECIPES, apply_recipe, count_trainable_parameters
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)$")
@@ -235,7 +236,7 @@ def main(argv=None):
         epoch_loader.set_epoch(epoch)  # also the dataset's (caption dropout)
         for batch in epoch_loader:
             with accelerator.accumulate(model):
-                outputs = model(**batch)
+                outputs = model(**prepare_flow_training(accelerator.unwrap_model(model), batch))
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)

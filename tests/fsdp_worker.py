@@ -9,6 +9,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
 
+from tuna_hf.losses import prepare_flow_training
 from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
 
 
@@ -25,7 +26,8 @@ def main(output: str):
     torch.manual_seed(dist.get_rank())
     for _ in range(2):
         images = torch.rand(1, 3, 1, 32, 32)
-        model(**inputs, image_latents=images, generation_targets=[True]).loss.backward()
+        batch = {**inputs, "image_latents": images, "generation_targets": [True]}
+        model(**prepare_flow_training(model, batch)).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from tuna_hf import TunaConfig, TunaForUnifiedMultimodal, TunaModel
+from tuna_hf.modeling_tuna import omni_attention_mask
 from tuna_hf.testing import tiny_tuna_config, tiny_tuna_model, tiny_tuna_processor
 
 ENCODERS = ("vae_siglip", "siglip", "patch")
@@ -47,8 +48,11 @@ def test_omni_attention_mask(byte_tokenizer, processor):
     ids = inputs["input_ids"][0]
     span = (ids == model.config.image_token_id).nonzero().flatten()
     first, last = span[0].item(), span[-1].item()
-    outputs = model.model(**inputs, image_latents=torch.randn(1, 3, 1, 32, 32))
-    allowed = outputs.attention_mask[0, 0]
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    positions = torch.arange(len(ids))[None]
+    spans = model.model.image_spans(inputs["input_ids"])
+    mask = omni_attention_mask(model.config.text_config, embeds, inputs["attention_mask"], None, positions, spans)
+    allowed = mask[0, 0]
     assert allowed.dtype == torch.bool
     assert allowed[first, last] and allowed[last, first]  # bidirectional inside the span
     assert not allowed[first - 1, first]  # <|vision_start|> does not see the span

@@ -16,7 +16,14 @@ from safetensors.torch import load_file
 
 from tuna_hf import TunaFlowMatchScheduler, TunaForUnifiedMultimodal, TunaPipeline
 from tuna_hf.data import IGNORE_INDEX, ResolutionBucketSampler, TunaDataCollator, TunaDataset
-from tuna_hf.losses import VELOCITY_TIME_SHIFT_MU, flow_loss, sample_flow_times, sample_understanding_times
+from tuna_hf.losses import (
+    VELOCITY_TIME_SHIFT_MU,
+    flow_loss,
+    flow_targets,
+    prepare_flow_training,
+    sample_flow_times,
+    sample_understanding_times,
+)
 from tuna_hf.recipes import RECIPES, apply_recipe, count_trainable_parameters
 from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
 
@@ -81,11 +88,12 @@ def read_log(folder: Path) -> list[dict]:
 class TestLosses:
     def test_velocity_loss(self):
         prediction, clean, noise = torch.full((1, 2), 1.0), torch.full((1, 2), 3.0), torch.full((1, 2), 1.0)
-        assert flow_loss(prediction, clean, noise, torch.tensor([0.3]), "velocity").item() == 1.0  # target 3 − 1
+        targets = flow_targets(clean, noise, "velocity")
+        assert flow_loss(prediction, targets, torch.tensor([0.3]), "velocity").item() == 1.0  # target 3 − 1
 
     def test_x0_loss_weight_is_clamped(self):
         prediction, clean, noise = torch.zeros(2, 1), torch.ones(2, 1), torch.zeros(2, 1)
-        loss = flow_loss(prediction, clean, noise, torch.tensor([0.9, 0.99]), "x0")
+        loss = flow_loss(prediction, flow_targets(clean, noise, "x0"), torch.tensor([0.9, 0.99]), "x0")
         assert loss.item() == pytest.approx((1 / 0.1**2 + 1 / 0.05**2) / 2)
 
     def test_time_distributions(self):
@@ -121,7 +129,7 @@ class TestModelLosses:
         model = tiny_tuna_model("patch")  # eval: no masking
         times = torch.tensor([1.0, 0.3, 1.0, 0.6])
         noise = 2 * torch.randn(4, 3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-        outputs = model(**batch, timesteps=times, flow_noise=noise)
+        outputs = model(**prepare_flow_training(model, batch, timesteps=times, noise=noise))
         clean = batch["pixel_values"].unsqueeze(2)
         x_t = times.view(-1, 1, 1, 1, 1) * clean + (1 - times.view(-1, 1, 1, 1, 1)) * noise
         plain = model(
@@ -143,22 +151,16 @@ class TestModelLosses:
     def test_sampled_times_keep_inputs_clean(self, batch):
         """Understanding images and edit sources stay at t = 1; targets get sampled times."""
         _, batch = batch
-        model = tiny_tuna_model("patch")
-        seen = {}
-        model.model.register_forward_pre_hook(lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True)
-        model(**batch)
-        assert seen["timesteps"][~batch["generation_targets"]].tolist() == [1.0, 1.0]
-        assert (seen["timesteps"][batch["generation_targets"]] < 1).all()
+        timesteps = prepare_flow_training(tiny_tuna_model("patch"), batch)["timesteps"]
+        assert timesteps[~batch["generation_targets"]].tolist() == [1.0, 1.0]
+        assert (timesteps[batch["generation_targets"]] < 1).all()
 
     def test_understanding_noise_spares_edit_sources(self, batch):
         """The official `mmu_noise_prob` noises understanding images; edit sources stay at t = 1."""
         _, batch = batch
         model = tiny_tuna_model("patch")
         model.config.understanding_noise_prob = 1.0
-        seen = {}
-        model.model.register_forward_pre_hook(lambda module, args, kwargs: seen.update(kwargs), with_kwargs=True)
-        model(**batch)
-        understanding, _, edit_source, _ = seen["timesteps"].tolist()
+        understanding, _, edit_source, _ = prepare_flow_training(model, batch)["timesteps"].tolist()
         assert 0.9 <= understanding < 1.0 and edit_source == 1.0
 
     def test_tuna_velocity_loss_with_vae_latents(self):
@@ -166,20 +168,26 @@ class TestModelLosses:
         processor = tiny_tuna_processor(model.config and None, SIZE, SIZE)
         inputs = processor.build_generation_inputs(["a red square"], height=SIZE, width=SIZE)
         latents, noise = torch.randn(1, 48, 1, 2, 2), torch.randn(1, 48, 1, 2, 2)
-        outputs = model(**inputs, image_latents=latents, generation_targets=[True], timesteps=[0.4], flow_noise=noise)
+        batch = {**inputs, "image_latents": latents, "generation_targets": [True]}
+        outputs = model(**prepare_flow_training(model, batch, timesteps=[0.4], noise=noise))
         plain = model(**inputs, image_latents=0.4 * latents + 0.6 * noise, timesteps=[0.4])
         torch.testing.assert_close(outputs.flow_loss, ((plain.flow_prediction - (latents - noise)) ** 2).mean())
         assert model.config.ntp_coeff == 0.2 and outputs.ntp_loss is None
 
     def test_masking_in_training_only(self):
+        """Tuna-2's masks are drawn for a model in training; forward puts the mask token exactly there."""
         model = tiny_tuna_model("patch", mask_ratio_min=0.5, mask_ratio_max=0.5)
-        images = torch.rand(2, 3, 1, SIZE, SIZE)
-        clean = model.model.get_image_features(images)
+        rows = tiny_tuna_processor(height=SIZE, width=SIZE).build_generation_inputs(["a", "b"], height=SIZE, width=SIZE)
+        batch = {**rows, "image_latents": torch.rand(2, 3, 1, SIZE, SIZE), "generation_targets": [True, True]}
+        assert "bool_masked_pos" not in prepare_flow_training(model, batch)
         model.train()
-        masked = model.model.get_image_features(images)
-        is_mask = (masked == model.model.mask_token[0]).all(-1)
-        assert is_mask.sum(-1).tolist() == [2, 2]  # int(4 tokens · 0.5) per image
-        torch.testing.assert_close(masked[~is_mask], clean[~is_mask])
+        inputs = prepare_flow_training(model, batch)
+        masked = inputs["bool_masked_pos"]
+        assert masked.sum(-1).tolist() == [2, 2]  # int(4 tokens · 0.5) per image
+        features = model(**inputs).image_hidden_states
+        assert torch.equal((features == model.model.mask_token[0]).all(-1), masked)
+        clean = model.model.patchify(inputs["image_latents"])
+        torch.testing.assert_close(features[~masked], clean[~masked])
         assert tiny_tuna_model("patch").config.use_mask_token
 
 

@@ -2,13 +2,14 @@
 
 One sequence holds text and image spans. A span is `[timestep slot, image token 1 … image token N]` (all
 `<|image_pad|>` in `input_ids`, between `<|vision_start|>` and `<|vision_end|>`): the slot carries the embedding of
-the flow time t (t = 1 clean, 0 noise), the tokens the visual features. Attention is causal, plus bidirectional inside
-each span (TUNA paper §3.2, official `omni_attn_mask_naive`). The LM head answers in text; the flow head reads the
-decoder's final hidden states and predicts, per image token, the velocity (Tuna) or the clean pixels (Tuna-R/Tuna-2).
+the flow time t (t = 1 clean, 0 noise), the tokens the visual features (docs/architecture.md §2). Attention is causal,
+plus bidirectional inside each span (§3). The LM head answers in text; the flow head reads the decoder's final hidden
+states and predicts, per image token, the velocity (Tuna) or the clean pixels (Tuna-R/Tuna-2) (§5).
 """
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipVisi
 from transformers.utils import ModelOutput
 
 from .configuration_tuna import TunaConfig, TunaFlowHeadConfig
-from .losses import flow_loss, interpolate, sample_flow_times, sample_understanding_times
+from .losses import flow_loss
 from .processing_tuna import add_tuna_tokens, tuna_token_ids
 from .wan_vae import sample_wan_posterior
 
@@ -84,24 +85,73 @@ class TunaImageSpans:
 
 
 @dataclass
+class TunaFlowInputs:
+    """What the flow head conditions on besides the decoder's hidden states; passed from [`TunaModel`] to
+    [`TunaForUnifiedMultimodal`], not a user-facing output. The image fields are None for a text-only sequence.
+
+    Args:
+        position_ids (`torch.LongTensor` `[B, L]`): the sequence positions of the new tokens.
+        attention_mask (`torch.Tensor` `[B, past + L]`, *optional*): the 2-D padding mask the decoder was given.
+        spans ([`TunaImageSpans`], *optional*): where the images sit among the new tokens.
+        grid (`tuple[int, int, int]`, *optional*): the `(T, h, w)` token grid of the images.
+        timesteps (`torch.FloatTensor` `[num_images]`, *optional*): the flow time of each image.
+        timestep_embeds (`torch.FloatTensor` `[num_images, hidden]`, *optional*): their embeddings, which also sit in
+            slot 0 of each span and drive the flow head's AdaLN.
+    """
+
+    position_ids: torch.LongTensor
+    attention_mask: torch.Tensor | None = None
+    spans: TunaImageSpans | None = None
+    grid: tuple[int, int, int] | None = None
+    timesteps: torch.FloatTensor | None = None
+    timestep_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
 class TunaModelOutputWithPast(ModelOutput):
-    """Decoder outputs, plus what the flow head needs: the image spans, the timestep embeddings and the token grid."""
+    r"""
+    Outputs of [`TunaModel`].
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` `[B, L, hidden]`): the decoder's final (normed) hidden states.
+        past_key_values (`Cache`, *optional*): the decoder's key/value cache.
+        hidden_states (`tuple[torch.FloatTensor]`, *optional*): the decoder's hidden states after the embeddings and
+            each layer, with `output_hidden_states=True`.
+        attentions (`tuple[torch.FloatTensor]`, *optional*): the decoder's attention weights, with
+            `output_attentions=True` (eager attention).
+        image_hidden_states (`torch.FloatTensor` `[num_images, T·h·w, hidden]`, *optional*): the visual tokens the
+            front-end made of the images (before they were placed in their spans).
+        flow_inputs ([`TunaFlowInputs`], *optional*): what the flow head conditions on (internal).
+    """
 
     last_hidden_state: torch.FloatTensor | None = None
     past_key_values: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-    attention_mask: torch.Tensor | None = None
-    position_ids: torch.LongTensor | None = None
-    image_spans: TunaImageSpans | None = None
-    timestep_embeds: torch.FloatTensor | None = None
-    image_grid: tuple[int, int, int] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
+    flow_inputs: TunaFlowInputs | None = None
 
 
 @dataclass
 class TunaCausalLMOutputWithPast(ModelOutput):
-    """`flow_prediction`: `[num_images, C, T, H, W]` velocity (Tuna) or x0 (Tuna-R/Tuna-2), when `timesteps` is given.
-    `loss` = `ntp_coeff · ntp_loss + flow_coeff · flow_loss` in training."""
+    r"""
+    Outputs of [`TunaForUnifiedMultimodal`].
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*): `ntp_coeff · ntp_loss + flow_coeff · flow_loss`, with `labels` and/or
+            `flow_labels`.
+        ntp_loss (`torch.FloatTensor`, *optional*): the next-token loss on `labels`.
+        flow_loss (`torch.FloatTensor`, *optional*): the flow loss on `flow_labels` (velocity MSE for Tuna, the JiT
+            x0 loss for Tuna-R and Tuna-2).
+        logits (`torch.FloatTensor` `[B, L, vocab]`): the LM head's logits (of the last `logits_to_keep` positions).
+        past_key_values (`Cache`, *optional*): the decoder's key/value cache.
+        hidden_states, attentions (`tuple[torch.FloatTensor]`, *optional*): as in [`TunaModelOutputWithPast`].
+        image_hidden_states (`torch.FloatTensor` `[num_images, T·h·w, hidden]`, *optional*): the visual tokens.
+        flow_prediction (`torch.FloatTensor` `[num_images, C, T, H, W]`, *optional*): with `timesteps`, the flow
+            head's prediction for every image in the flow space: the velocity `x − noise` (Tuna) or x0 (Tuna-R,
+            Tuna-2).
+        flow_head_past_key_values (`Cache`, *optional*): the flow head's key/value cache, when one was passed.
+    """
 
     loss: torch.FloatTensor | None = None
     ntp_loss: torch.FloatTensor | None = None
@@ -110,8 +160,34 @@ class TunaCausalLMOutputWithPast(ModelOutput):
     past_key_values: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: torch.FloatTensor | None = None
     flow_prediction: torch.FloatTensor | None = None
     flow_head_past_key_values: Cache | None = None
+
+
+def omni_attention_mask(
+    config,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    past_key_values: Cache | None,
+    position_ids: torch.LongTensor,
+    spans: TunaImageSpans | None,
+):
+    """TUNA's omni attention mask (docs/architecture.md §3; official `omni_attn_mask_naive`): causal, plus
+    bidirectional inside each image span, timestep slot included. Built by transformers' `create_causal_mask` in the
+    form `config._attn_implementation` takes; a cached prefix counts as text (its spans are complete)."""
+    block_ids = None
+    if spans is not None:
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        block_ids = F.pad(spans.image_index, (past_length, 0), value=-1)
+    return create_causal_mask(
+        config=config,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        past_key_values=past_key_values,
+        position_ids=position_ids,
+        block_sequence_ids=block_ids,
+    )
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -119,18 +195,19 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return (x.float() * (1 + scale.float()) + shift.float()).to(x.dtype)
 
 
-def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the pairs `(x[2i], x[2i+1])` by −θ: the official 3-D RoPE convention (row vector × [[c, −s], [s, c]])."""
-    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
-    return torch.stack([even * cos + odd * sin, odd * cos - even * sin], dim=-1).flatten(-2)
-
-
-def span_modulation(modulation: nn.Linear, timestep_embeds, spans, hidden_states, fills: tuple[float, ...]):
-    """AdaLN parameters per position: image k's on span k (timestep slot included), the identity `fills` elsewhere."""
+def span_modulation(
+    modulation: nn.Linear,
+    timestep_embeds: torch.Tensor | None,
+    spans: TunaImageSpans | None,
+    hidden_states: torch.Tensor,
+    fills: tuple[float, ...],
+) -> tuple[torch.Tensor, ...]:
+    """AdaLN parameters per position (docs/architecture.md §5): image k's on span k (timestep slot included), the
+    identity `fills` elsewhere."""
     if spans is None:
         return tuple(torch.full_like(hidden_states[..., :1], fill) for fill in fills)
     chunks = modulation(F.silu(timestep_embeds)).chunk(len(fills), dim=1)
-    return tuple(spans.spread(chunk, fill) for chunk, fill in zip(chunks, fills))
+    return tuple(spans.spread(chunk, fill) for chunk, fill in zip(chunks, fills, strict=True))
 
 
 class TunaTimestepEmbedder(nn.Module):
@@ -194,8 +271,85 @@ class TunaPatchEmbedding(nn.Module):
         return self.norm(torch.cat(frames, dim=1))
 
 
+class TunaFlowHeadPositionEmbeddings(NamedTuple):
+    """The flow head's rotations (docs/architecture.md §4): `text` cos/sin `[B, L, head_dim]` (rotate-half) for text
+    positions, `image` cos/sin `[B, L, head_dim / 2]` (interleaved pairs) for image tokens, and the `spans` that say
+    which position is which (None: all text). Timestep slots get no rotation."""
+
+    text: tuple[torch.Tensor, torch.Tensor]
+    image: tuple[torch.Tensor, torch.Tensor] | None = None
+    spans: TunaImageSpans | None = None
+
+
+class TunaFlowHeadRotaryEmbedding(LlamaRotaryEmbedding):
+    """The flow head's three position schemes (docs/architecture.md §4; official `apply_rope_image3d_text1d`):
+
+    * text: 1-D rotate-half RoPE at the sequence position, with the llama3-scaled inverse frequencies of
+      `config.rope_parameters` (buffer `inv_freq`, as transformers' Llama);
+    * timestep slot: none;
+    * image tokens: a 3-D RoPE on their (frame, row, column) token coordinates, independent of the sequence position:
+      the `head_dim / 2` pairs split t : h : w = 1/4 : 3/8 : 3/8, pair k of an axis of `d` dims turning by
+      `coordinate · image_rope_theta^(−2k/d)` (buffers `image_inv_freq` and `image_axis`), applied to interleaved pairs.
+    """
+
+    def __init__(self, config: TunaFlowHeadConfig):
+        super().__init__(config)
+        image_inv_freq, image_axis = self.compute_image_rope_parameters(config)
+        self.image_inv_freq = nn.Buffer(image_inv_freq, persistent=False)
+        self.image_axis = nn.Buffer(image_axis, persistent=False)
+
+    @staticmethod
+    def compute_image_rope_parameters(config: TunaFlowHeadConfig) -> tuple[torch.Tensor, torch.LongTensor]:
+        """The 3-D RoPE's inverse frequency of every pair `[head_dim / 2]` and the grid axis it turns with (0 frame,
+        1 row, 2 column)."""
+        head_dim, theta = config.head_dim, config.image_rope_theta
+        axis_dims = (head_dim // 4, head_dim // 8 * 3, head_dim // 8 * 3)
+        inv_freq = torch.cat([1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim) for dim in axis_dims])
+        axis = torch.cat([torch.full((dim // 2,), index) for index, dim in enumerate(axis_dims)])
+        return inv_freq, axis
+
+    @torch.no_grad()
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_ids: torch.LongTensor,
+        spans: TunaImageSpans | None = None,
+        grid: tuple[int, int, int] | None = None,
+    ) -> TunaFlowHeadPositionEmbeddings:
+        text = super().forward(hidden_states, position_ids)
+        if spans is None:
+            return TunaFlowHeadPositionEmbeddings(text)
+        coordinates = spans.token_grid_coordinates(grid).float()[..., self.image_axis]
+        angles = coordinates * self.image_inv_freq.to(dtype=torch.float)
+        image = (angles.cos().to(hidden_states.dtype), angles.sin().to(hidden_states.dtype))
+        return TunaFlowHeadPositionEmbeddings(text, image, spans)
+
+
+def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the pairs `(x[2i], x[2i+1])` by −θ: the official 3-D RoPE convention (row vector × [[c, −s], [s, c]])."""
+    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack([even * cos + odd * sin, odd * cos - even * sin], dim=-1).flatten(-2)
+
+
+def apply_flow_head_rotary_pos_emb(
+    query: torch.Tensor, key: torch.Tensor, position_embeddings: TunaFlowHeadPositionEmbeddings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each position's scheme on `query` and `key` `[B, heads, L, head_dim]`: rotate-half on text, interleaved pairs on
+    image tokens, nothing on timestep slots."""
+    text_query, text_key = apply_rotary_pos_emb(query, key, *position_embeddings.text)
+    spans = position_embeddings.spans
+    if spans is None:
+        return text_query, text_key
+    cos, sin = (t.unsqueeze(1) for t in position_embeddings.image)
+    is_text = spans.is_text[:, None, :, None]
+    is_image = spans.is_image_token[:, None, :, None]
+    query = torch.where(is_text, text_query, torch.where(is_image, rotate_interleaved(query, cos, sin), query))
+    key = torch.where(is_text, text_key, torch.where(is_image, rotate_interleaved(key, cos, sin), key))
+    return query, key
+
+
 class TunaFlowHeadAttention(nn.Module):
-    """GQA with q/k RMSNorm and TUNA's three RoPE schemes: 1-D on text, none on the timestep slot, 3-D on images."""
+    """GQA with q/k RMSNorm and the flow head's position schemes ([`TunaFlowHeadRotaryEmbedding`])."""
 
     def __init__(self, config: TunaFlowHeadConfig, layer_idx: int):
         super().__init__()
@@ -215,24 +369,23 @@ class TunaFlowHeadAttention(nn.Module):
 
     def forward(
         self,
-        hidden_states,
-        attention_mask,
-        text_rope,
-        image_rope,
-        spans,
-        attn_implementation,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_embeddings: TunaFlowHeadPositionEmbeddings,
         past_key_values: Cache | None = None,
         **kwargs,
-    ):
+    ) -> torch.Tensor:
         hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         query = self.q_norm(self.q_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
         key = self.k_norm(self.k_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        query, key = self._apply_rope(query, key, text_rope, image_rope, spans)
+        query, key = apply_flow_head_rotary_pos_emb(query, key, position_embeddings)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, self.layer_idx)
 
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention_forward)
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
         attn_output, _ = attention_interface(
             self,
             query,
@@ -244,18 +397,6 @@ class TunaFlowHeadAttention(nn.Module):
             **kwargs,
         )
         return self.o_proj(attn_output.reshape(*hidden_states.shape[:-1], -1).contiguous())
-
-    @staticmethod
-    def _apply_rope(query, key, text_rope, image_rope, spans):
-        text_query, text_key = apply_rotary_pos_emb(query, key, *text_rope)
-        if spans is None:
-            return text_query, text_key
-        cos, sin = (t.unsqueeze(1) for t in image_rope)
-        is_text = spans.is_text[:, None, :, None]
-        is_image = spans.is_image_token[:, None, :, None]
-        query = torch.where(is_text, text_query, torch.where(is_image, rotate_interleaved(query, cos, sin), query))
-        key = torch.where(is_text, text_key, torch.where(is_image, rotate_interleaved(key, cos, sin), key))
-        return query, key
 
 
 class TunaFlowHeadLayer(GradientCheckpointingLayer):
@@ -269,12 +410,26 @@ class TunaFlowHeadLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = Qwen2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.modulation = nn.Linear(config.hidden_size, 6 * config.hidden_size)
 
-    def forward(self, hidden_states, timestep_embeds, spans, attention_mask, text_rope, image_rope, **kwargs):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        position_embeddings: TunaFlowHeadPositionEmbeddings | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = span_modulation(
-            self.modulation, timestep_embeds, spans, hidden_states, fills=(0, 0, 1, 0, 0, 1)
+            self.modulation, timestep_embeds, position_embeddings.spans, hidden_states, fills=(0, 0, 1, 0, 0, 1)
         )
         attn_input = modulate(self.input_layernorm(hidden_states), shift_msa, scale_msa)
-        attn_output = self.self_attn(attn_input, attention_mask, text_rope, image_rope, spans, **kwargs)
+        attn_output = self.self_attn(
+            attn_input,
+            attention_mask=attention_mask,
+            position_embeddings=position_embeddings,
+            past_key_values=past_key_values,
+            **kwargs,
+        )
         hidden_states = hidden_states + gate_msa * attn_output
         mlp_input = modulate(self.post_attention_layernorm(hidden_states), shift_mlp, scale_mlp)
         return hidden_states + gate_mlp * self.mlp(mlp_input)
@@ -289,46 +444,50 @@ class TunaFlowHeadFinalLayer(nn.Module):
         self.modulation = nn.Linear(config.hidden_size, 2 * config.hidden_size)
         self.proj = nn.Linear(config.hidden_size, out_features)
 
-    def forward(self, hidden_states, timestep_embeds, spans):
+    def forward(
+        self, hidden_states: torch.Tensor, timestep_embeds: torch.Tensor | None, spans: TunaImageSpans | None
+    ) -> torch.Tensor:
         shift, scale = span_modulation(self.modulation, timestep_embeds, spans, hidden_states, fills=(0, 0))
         return self.proj(modulate(self.norm(hidden_states), shift, scale))
 
 
 class TunaFlowHead(nn.Module):
-    """The flow head over the decoder's final (normed) hidden states of the whole sequence."""
+    """The flow head over the decoder's final (normed) hidden states of the whole sequence (docs/architecture.md §5).
+    Its attention reads `config._attn_implementation` and builds its own omni mask in that form."""
 
     def __init__(self, config: TunaFlowHeadConfig, out_features: int):
         super().__init__()
         self.config = config
         self.layers = nn.ModuleList([TunaFlowHeadLayer(config, i) for i in range(config.num_hidden_layers)])
         self.final_layer = TunaFlowHeadFinalLayer(config, out_features)
-        self.rotary_emb = LlamaRotaryEmbedding(config)
+        self.rotary_emb = TunaFlowHeadRotaryEmbedding(config)
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states, timestep_embeds, spans, grid, attention_mask, position_ids, **kwargs):
-        """`attention_mask` is the decoder's omni mask; pass the decoder's `attn_implementation` it was built for."""
-        text_rope = self.rotary_emb(hidden_states, position_ids)
-        image_rope = self.image_rotary_embedding(spans, grid, hidden_states.dtype) if spans is not None else None
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        flow_inputs: TunaFlowInputs,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Per-token outputs `[B, L, patch_size² · channels]`; `past_key_values` is the flow head's own cache."""
+        spans, timestep_embeds = flow_inputs.spans, flow_inputs.timestep_embeds
+        attention_mask = omni_attention_mask(
+            self.config, hidden_states, flow_inputs.attention_mask, past_key_values, flow_inputs.position_ids, spans
+        )
+        position_embeddings = self.rotary_emb(hidden_states, flow_inputs.position_ids, spans, flow_inputs.grid)
         for layer in self.layers:
+            # The states and the conditioning go positionally: reentrant checkpointing only carries gradients of
+            # positional inputs (`GradientCheckpointingLayer`).
             hidden_states = layer(
-                hidden_states, timestep_embeds, spans, attention_mask, text_rope, image_rope, **kwargs
+                hidden_states,
+                timestep_embeds,
+                attention_mask=attention_mask,
+                position_embeddings=position_embeddings,
+                past_key_values=past_key_values,
+                **kwargs,
             )
         return self.final_layer(hidden_states, timestep_embeds, spans)
-
-    def image_rotary_embedding(self, spans, grid, dtype):
-        """cos/sin `[B, L, head_dim/2]` of the 3-D RoPE: pairs split t : h : w = 1/4 : 3/8 : 3/8 of the head dim."""
-        head_dim, theta = self.config.head_dim, self.config.image_rope_theta
-        axis_dims = (head_dim // 4, head_dim // 8 * 3, head_dim // 8 * 3)
-        coordinates = spans.token_grid_coordinates(grid).float()
-        angles = torch.cat(
-            [
-                coordinates[..., axis, None]
-                * (1.0 / theta ** (torch.arange(0, dim, 2, device=coordinates.device) / dim))
-                for axis, dim in enumerate(axis_dims)
-            ],
-            dim=-1,
-        )
-        return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 class TunaPreTrainedModel(PreTrainedModel):
@@ -364,10 +523,15 @@ class TunaPreTrainedModel(PreTrainedModel):
             init.zeros_(module.proj.bias)
         elif isinstance(module, TunaModel) and module.mask_token is not None:
             init.normal_(module.mask_token, std=module.mask_token.shape[-1] ** -0.5)
+        if isinstance(module, TunaFlowHeadRotaryEmbedding):
+            image_inv_freq, image_axis = module.compute_image_rope_parameters(module.config)
+            init.copy_(module.image_inv_freq, image_inv_freq)
+            init.copy_(module.image_axis, image_axis)
 
 
 class TunaModel(TunaPreTrainedModel):
-    """Decoder + visual front-end + timestep embedder, without heads."""
+    """Decoder + visual front-end + timestep embedder, without heads; it owns the image-token layout (patchify,
+    unpatchify, token grid)."""
 
     def __init__(self, config: TunaConfig):
         super().__init__(config)
@@ -380,14 +544,21 @@ class TunaModel(TunaPreTrainedModel):
         else:
             self.vision_tower = TunaVisionTower(config.vision_config)
             self.connector = TunaVisionConnector(config.vision_config.hidden_size, hidden_size)
+            if config.vision_config._attn_implementation is None:
+                # The official SigLIP runs eager; the vision tower is no `PreTrainedModel` that would pick its own.
+                config.vision_config._attn_implementation = "eager"
         self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden_size)) if config.use_mask_token else None
         self.post_init()
 
-    def get_input_embeddings(self):
+    def get_input_embeddings(self) -> nn.Embedding:
         return self.language_model.get_input_embeddings()
 
-    def set_input_embeddings(self, value):
+    def set_input_embeddings(self, value: nn.Embedding):
         self.language_model.set_input_embeddings(value)
+
+    def image_spans(self, input_ids: torch.LongTensor) -> TunaImageSpans:
+        """The image spans of `input_ids` (runs of `config.image_token_id`)."""
+        return TunaImageSpans.from_input_ids(input_ids, self.config.image_token_id)
 
     def encode_images(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Pixels in [-1, 1] `[B, 3, (T,) H, W]` → the flow space: normalised Wan latents (Tuna) or the pixels."""
@@ -399,29 +570,46 @@ class TunaModel(TunaPreTrainedModel):
         )
         return latents.to(self.dtype)
 
-    def get_image_features(self, image_latents: torch.Tensor) -> torch.Tensor:
-        """Flow-space images `[n, C, T, H, W]` → visual tokens `[n, T·h·w, hidden]` (frame-major, raster order)."""
+    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+        """Images in [-1, 1] `[n, 3, (T,) H, W]` → their visual tokens `[n, T·h·w, hidden]` (Tuna: through its VAE)."""
+        return self.patchify(self.encode_images(pixel_values))
+
+    def patchify(self, image_latents: torch.Tensor) -> torch.Tensor:
+        """Flow-space images `[n, C, T, H, W]` → one visual token per `patch_size`² patch of each frame
+        `[n, T·h·w, hidden]`, frame-major then raster order: Conv2d + RMSNorm (Tuna-2) or SigLIP + connector."""
         image_latents = image_latents.to(self.dtype)
         if self.config.visual_encoder == "patch":
-            features = self.patch_embed(image_latents)
-        else:
-            features = self.connector(self.vision_tower(image_latents))
-        if self.training and self.mask_token is not None:
-            features = self.mask_features(features)
-        return features
+            return self.patch_embed(image_latents)
+        return self.connector(self.vision_tower(image_latents))
 
-    def mask_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Masked feature learning (Tuna-2 paper; official DeTok-style masking in training): per image, a ratio is
-        drawn from U(mask_ratio_min, mask_ratio_max) and that share of its tokens (none when ≤ 0, so ~70 % of images
-        with the official range) is replaced by the learned mask token."""
-        num_images, num_tokens = features.shape[:2]
-        ratios = torch.empty(num_images, device=features.device).uniform_(
-            self.config.mask_ratio_min, self.config.mask_ratio_max
-        )
-        num_masked = (num_tokens * ratios).long().clamp(min=0)  # int() truncation, as officially
-        rank = torch.rand(num_images, num_tokens, device=features.device).argsort(dim=1).argsort(dim=1)
-        masked = rank < num_masked[:, None]
-        return torch.where(masked[..., None], self.mask_token.to(features.dtype), features)
+    def unpatchify(self, image_tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Flow-head outputs `[n, T·h·w, p·p·C]` → images `[n, C, T, h·p, w·p]` by a raw reshape, as the official
+        `unpatchify` (docs/architecture.md §5).
+
+        For p > 1 (Tuna-R, Tuna-2) this is *not* the inverse of `patchify`: token k fills the pixels k·p², …,
+        (k+1)·p² − 1 of the raster-scanned frame (a horizontal strip), which is what the released weights were
+        trained to produce.
+        """
+        frames, height, width = grid
+        patch, channels = self.config.patch_size, self.config.latent_channels
+        strips = image_tokens.reshape(image_tokens.shape[0], frames, height * width * patch * patch, channels)
+        return strips.permute(0, 3, 1, 2).reshape(-1, channels, frames, height * patch, width * patch)
+
+    def token_grid(self, image_latents: torch.Tensor) -> tuple[int, int, int]:
+        """(T, h, w) token grid of flow-space images."""
+        _, _, frames, height, width = image_latents.shape
+        return frames, height // self.config.patch_size, width // self.config.patch_size
+
+    def mask_image_tokens(self, image_embeds: torch.Tensor, bool_masked_pos: torch.BoolTensor) -> torch.Tensor:
+        """Tuna-2's masked feature learning: the marked visual tokens are replaced by the learned mask token."""
+        if self.mask_token is None:
+            raise ValueError("`bool_masked_pos` needs a model with a mask token (`config.use_mask_token=True`).")
+        if bool_masked_pos.shape != image_embeds.shape[:2]:
+            raise ValueError(
+                f"`bool_masked_pos` must be [num_images, tokens per image] = {list(image_embeds.shape[:2])}, "
+                f"got {list(bool_masked_pos.shape)}."
+            )
+        return torch.where(bool_masked_pos[..., None], self.mask_token.to(image_embeds.dtype), image_embeds)
 
     def forward(
         self,
@@ -434,16 +622,26 @@ class TunaModel(TunaPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
         **kwargs,
     ) -> TunaModelOutputWithPast:
         r"""
-        pixel_values (`[num_images, 3, H, W]` or `[num_images, 3, T, H, W]`, in [-1, 1]):
-            Images (or video frames) in the order of the spans in `input_ids`; Tuna encodes them with its VAE.
-        image_latents (`[num_images, C, T, H, W]`):
-            The images already in the flow space (normalised Wan 2.2 latents for Tuna, pixels otherwise), e.g. cached
-            VAE latents or the noisy sample x_t being denoised. Exclusive with `pixel_values`.
-        timesteps (`[num_images]`):
-            Flow time of each image, 1 = clean (default), 0 = pure noise.
+        Args:
+            input_ids (`torch.LongTensor` `[B, L]`): token ids; each image occupies a span of `<|image_pad|>` tokens
+                (1 timestep slot + one slot per visual token).
+            pixel_values (`torch.FloatTensor` `[num_images, 3, H, W]` or `[num_images, 3, T, H, W]`, in [-1, 1]):
+                images (or video frames) in the order of the spans in `input_ids`; Tuna encodes them with its VAE.
+            image_latents (`torch.FloatTensor` `[num_images, C, T, H, W]`): the images already in the flow space
+                (normalised Wan 2.2 latents for Tuna, pixels otherwise), e.g. cached VAE latents or the noisy sample
+                x_t being denoised. Exclusive with `pixel_values`.
+            timesteps (`torch.FloatTensor` `[num_images]`): flow time of each image, 1 = clean (default), 0 = noise.
+            attention_mask (`torch.Tensor` `[B, past + L]`, *optional*): 1 for tokens, 0 for padding.
+            position_ids (`torch.LongTensor` `[B, L]`, *optional*): defaults to the positions after the cache.
+            past_key_values (`Cache`, *optional*): the decoder's key/value cache.
+            inputs_embeds (`torch.FloatTensor` `[B, L, hidden]`, *optional*): instead of `input_ids` (text only).
+            use_cache (`bool`, *optional*): return a key/value cache (a new `DynamicCache` if none was given).
+            bool_masked_pos (`torch.BoolTensor` `[num_images, T·h·w]`, *optional*): visual tokens replaced by the mask
+                token (Tuna-2 training, see `tuna_hf.losses.prepare_flow_training`).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
@@ -462,30 +660,29 @@ class TunaModel(TunaPreTrainedModel):
 
         if pixel_values is not None:
             image_latents = self.encode_images(pixel_values)
-        spans = timestep_embeds = grid = None
+        flow_inputs = TunaFlowInputs(position_ids=position_ids, attention_mask=attention_mask)
+        image_embeds = None
         if image_latents is not None:
             if input_ids is None:
                 raise ValueError("Images need `input_ids`: their `<|image_pad|>` spans say where the images go.")
             image_latents = self._check_image_latents(image_latents)
-            spans = TunaImageSpans.from_input_ids(input_ids, self.config.image_token_id)
+            spans = self.image_spans(input_ids)
             timesteps = self._check_timesteps(timesteps, image_latents)
             timestep_embeds = self.timestep_embedder(timesteps, inputs_embeds.dtype)
-            image_embeds = self.get_image_features(image_latents)
+            image_embeds = self.patchify(image_latents)
+            if bool_masked_pos is not None:
+                image_embeds = self.mask_image_tokens(image_embeds, bool_masked_pos)
             self._check_spans(spans, image_embeds)
-            grid = self.token_grid(image_latents)
             inputs_embeds = self._insert_images(inputs_embeds, spans, timestep_embeds, image_embeds)
+            flow_inputs.spans, flow_inputs.grid = spans, self.token_grid(image_latents)
+            flow_inputs.timesteps, flow_inputs.timestep_embeds = timesteps, timestep_embeds
         elif input_ids is not None and past_length == 0 and (input_ids == self.config.image_token_id).any():
             raise ValueError(
                 "`input_ids` contain image spans but neither `pixel_values` nor `image_latents` was given."
             )
 
-        mask = create_causal_mask(
-            config=self.config.text_config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-            block_sequence_ids=self._block_ids(spans, past_length),
+        mask = omni_attention_mask(
+            self.config.text_config, inputs_embeds, attention_mask, past_key_values, position_ids, flow_inputs.spans
         )
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
@@ -500,26 +697,17 @@ class TunaModel(TunaPreTrainedModel):
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            attention_mask=mask,
-            position_ids=position_ids,
-            image_spans=spans,
-            timestep_embeds=timestep_embeds,
-            image_grid=grid,
+            image_hidden_states=image_embeds,
+            flow_inputs=flow_inputs,
         )
 
-    @staticmethod
-    def _block_ids(spans: TunaImageSpans | None, past_length: int) -> torch.LongTensor | None:
-        """Span numbers over the key positions (cached prefix + new tokens); the cached prefix counts as text here."""
-        if spans is None:
-            return None
-        return F.pad(spans.image_index, (past_length, 0), value=-1)
-
-    def token_grid(self, image_latents: torch.Tensor) -> tuple[int, int, int]:
-        """(T, h, w) token grid of flow-space images."""
-        _, _, frames, height, width = image_latents.shape
-        return frames, height // self.config.patch_size, width // self.config.patch_size
-
-    def _insert_images(self, inputs_embeds, spans, timestep_embeds, image_embeds):
+    def _insert_images(
+        self,
+        inputs_embeds: torch.Tensor,
+        spans: TunaImageSpans,
+        timestep_embeds: torch.Tensor,
+        image_embeds: torch.Tensor,
+    ) -> torch.Tensor:
         """Slot 0 of span k gets the timestep embedding of image k, slot j > 0 its (j-1)-th visual token."""
         span_values = torch.cat([timestep_embeds[:, None], image_embeds], dim=1)
         values = span_values[spans.image_index.clamp(min=0), spans.slot.clamp(min=0)]
@@ -541,7 +729,8 @@ class TunaModel(TunaPreTrainedModel):
             )
         if (frames - 1) % self.config.frames_per_latent_frame:
             raise ValueError(
-                f"`pixel_values` must have 1 + {self.config.frames_per_latent_frame}·k frames for this VAE, got {frames}."
+                f"`pixel_values` must have 1 + {self.config.frames_per_latent_frame}·k frames for this VAE, "
+                f"got {frames}."
             )
         return pixel_values
 
@@ -560,7 +749,7 @@ class TunaModel(TunaPreTrainedModel):
             )
         return image_latents
 
-    def _check_timesteps(self, timesteps, image_latents):
+    def _check_timesteps(self, timesteps, image_latents: torch.Tensor) -> torch.Tensor:
         num_images = image_latents.shape[0]
         if timesteps is None:
             return torch.ones(num_images, device=image_latents.device)
@@ -608,13 +797,17 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         self.model = TunaModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         out_features = config.patch_size**2 * config.latent_channels
+        if config.flow_head_config._attn_implementation is None:
+            # The flow head is no `PreTrainedModel` that would pick its attention: it follows the decoder's, unless
+            # set apart (`set_attn_implementation({"flow_head_config": ...})`).
+            config.flow_head_config._attn_implementation = config.text_config._attn_implementation
         self.flow_head = TunaFlowHead(config.flow_head_config, out_features)
         self.post_init()
 
-    def get_input_embeddings(self):
+    def get_input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
 
-    def set_input_embeddings(self, value):
+    def set_input_embeddings(self, value: nn.Embedding):
         self.model.set_input_embeddings(value)
 
     @classmethod
@@ -629,11 +822,16 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
     ) -> "TunaForUnifiedMultimodal":
         """A fresh TUNA from pretrained parts, as the official code builds one before stage-1 training.
 
-        `llm` is a Qwen2.5 checkpoint; `tokenizer` its tokenizer, which gets TUNA's four tokens and to whose length
-        the vocabulary is resized (the official `resize_token_embeddings(len(tokenizer))` shrinks Qwen's padded
-        vocabulary). `vision_tower` is a SigLIP checkpoint (Tuna, Tuna-R): only tensors whose shapes still match the
-        TUNA tower are warm-started, as the official code does. `vae` is a diffusers `AutoencoderKLWan` directory
-        (Tuna). `config_kwargs` go to [`TunaConfig`] (e.g. `vision_config`, `flow_head_config`, `vae_config`).
+        Args:
+            llm (`str`): a Qwen2.5 checkpoint.
+            tokenizer (`PreTrainedTokenizerBase`): its tokenizer, which gets TUNA's four tokens and to whose length the
+                vocabulary is resized (the official `resize_token_embeddings(len(tokenizer))` shrinks Qwen's padded
+                vocabulary).
+            visual_encoder (`str`, defaults to `"patch"`): see [`TunaConfig`].
+            vision_tower (`str`, *optional*): a SigLIP checkpoint (Tuna, Tuna-R); only tensors whose shapes still
+                match the TUNA tower are warm-started, as the official code does.
+            vae (`str`, *optional*): a diffusers `AutoencoderKLWan` directory (Tuna).
+            config_kwargs: more [`TunaConfig`] arguments (e.g. `vision_config`, `flow_head_config`, `vae_config`).
         """
         add_tuna_tokens(tokenizer)
         language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=torch.float32)
@@ -679,34 +877,32 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         flow_head_past_key_values: Cache | None = None,
+        flow_labels: torch.FloatTensor | None = None,
         generation_targets: torch.BoolTensor | None = None,
-        flow_noise: torch.FloatTensor | None = None,
+        bool_masked_pos: torch.BoolTensor | None = None,
         **kwargs,
     ) -> TunaCausalLMOutputWithPast:
         r"""
-        See [`TunaModel.forward`] for the image arguments. When `timesteps` is given, the images are being denoised:
-        the flow head runs and `flow_prediction` holds its prediction for every image.
+        The arguments of [`TunaModel.forward`], and:
 
-        flow_head_past_key_values (`Cache`, *optional*):
-            The flow head's own key/value cache, aligned with `past_key_values`. Passing one runs the flow head (also
-            without images, to cache a text prompt) and appends the new tokens' keys and values to it. A prompt's
-            flow-head states do not depend on the image being denoised (anatomy §9), so the pipelines fill both caches
-            once and then run only the image span at each denoising step.
-        labels (`[B, L]`, *optional*):
-            Next-token targets (-100 where no loss), for the text loss.
-        generation_targets (`[num_images]` bool, *optional*):
-            Training on clean images: the marked ones are generation targets, noised to a sampled flow time (or
-            `timesteps`) with `flow_noise` (default: fresh noise of std `config.noise_scale`); the others are
-            understanding inputs or edit sources, seen at t = 1 (see `config.understanding_noise_prob`). The flow
-            loss (velocity MSE for Tuna, the JiT x0 loss otherwise) joins the text loss:
-            `loss = ntp_coeff · ntp_loss + flow_coeff · flow_loss`.
+        Args:
+            labels (`torch.LongTensor` `[B, L]`, *optional*): next-token targets (-100 where no loss), for the text
+                loss.
+            logits_to_keep (`int` or `torch.Tensor`, defaults to 0): compute logits for the last `logits_to_keep`
+                positions only (0: all), or for the given position indices.
+            flow_head_past_key_values (`Cache`, *optional*): the flow head's own key/value cache, aligned with
+                `past_key_values`. Passing one runs the flow head (also without images, to cache a text prompt) and
+                appends the new tokens' keys and values to it. A prompt's flow-head states do not depend on the image
+                being denoised, so the pipelines fill both caches once and then run only the image span at each
+                denoising step (docs/architecture.md §7).
+            flow_labels (`torch.FloatTensor` `[num_targets, C, T, H, W]`, *optional*): the regression targets of the
+                images marked by `generation_targets` (the velocity `x − noise` for Tuna, the clean image for Tuna-R
+                and Tuna-2), which join the text loss as `flow_coeff · flow_loss`. `tuna_hf.losses.
+                prepare_flow_training` makes them, with the noisy `image_latents` and their `timesteps`, from a
+                collated batch.
+            generation_targets (`torch.BoolTensor` `[num_images]`, *optional*): which images `flow_labels` belong to
+                (default: all).
         """
-        flow_training = None
-        if generation_targets is not None:
-            image_latents, timesteps, flow_training = self._noise_for_training(
-                input_ids, pixel_values, image_latents, timesteps, generation_targets, flow_noise
-            )
-            pixel_values = None
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -717,9 +913,10 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            bool_masked_pos=bool_masked_pos,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
+        hidden_states, flow_inputs = outputs.last_hidden_state, outputs.flow_inputs
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])
         ntp_loss = None
@@ -728,19 +925,14 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             ntp_loss = torch.nan_to_num(ntp_loss)  # no answer token in the batch: 0, as the official `ntp_loss`
 
         flow_prediction = None
-        denoising = timesteps is not None and outputs.image_spans is not None
+        denoising = timesteps is not None and flow_inputs.spans is not None
         if denoising or flow_head_past_key_values is not None:
-            flow_prediction = self.predict_flow(outputs, past_key_values=flow_head_past_key_values, **kwargs)
-        flow_loss_value = None
-        if flow_training is not None and flow_training["targets"].any():
-            targets = flow_training["targets"]
-            flow_loss_value = flow_loss(
-                flow_prediction[targets],
-                flow_training["clean"][targets],
-                flow_training["noise"][targets],
-                timesteps[targets],
-                self.config.prediction_type,
+            flow_prediction = self.predict_flow(
+                hidden_states, flow_inputs, past_key_values=flow_head_past_key_values, **kwargs
             )
+        flow_loss_value = None
+        if flow_labels is not None or generation_targets is not None:
+            flow_loss_value = self._flow_loss(flow_prediction, flow_labels, generation_targets, flow_inputs)
         loss = None
         if ntp_loss is not None or flow_loss_value is not None:
             loss = sum(
@@ -756,79 +948,54 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
             flow_prediction=flow_prediction if denoising else None,
             flow_head_past_key_values=flow_head_past_key_values,
         )
 
-    def _noise_for_training(self, input_ids, pixel_values, image_latents, timesteps, generation_targets, flow_noise):
-        """Clean images → the model's inputs: generation targets at sampled (or given) times, edit sources at t = 1,
-        understanding images at t = 1 or, with `config.understanding_noise_prob`, slightly noised."""
-        clean = self.model.encode_images(pixel_values) if pixel_values is not None else image_latents
-        if clean is None:
-            raise ValueError("`generation_targets` needs the clean images as `pixel_values` or `image_latents`.")
-        targets = torch.as_tensor(generation_targets, dtype=torch.bool, device=clean.device).reshape(-1)
-        if targets.numel() != clean.shape[0]:
+    def _flow_loss(
+        self,
+        flow_prediction: torch.Tensor | None,
+        flow_labels: torch.Tensor,
+        generation_targets: torch.BoolTensor | None,
+        flow_inputs: TunaFlowInputs,
+    ) -> torch.Tensor | None:
+        """The flow loss over the generation targets (None when the batch has none)."""
+        if flow_labels is None:
             raise ValueError(
-                f"`generation_targets` needs one flag per image ({clean.shape[0]}), got {targets.numel()}."
+                "`generation_targets` mark the images that `flow_labels` belong to: pass `flow_labels` too "
+                "(`tuna_hf.losses.prepare_flow_training` makes both from a collated batch)."
             )
-        if timesteps is None:
-            config = self.config
-            timesteps = sample_understanding_times(
-                clean.shape[0], config.understanding_noise_prob, config.understanding_noise_level, clean.device
-            )
-            if config.understanding_noise_prob > 0:
-                # The official `mmu_noise_prob` noises understanding images only; edit sources stay clean.
-                timesteps[self._edit_sources(input_ids, targets)] = 1.0
-            timesteps[targets] = sample_flow_times(int(targets.sum()), config.prediction_type, clean.device)
-        timesteps = self.model._check_timesteps(timesteps, clean)
-        noise = flow_noise if flow_noise is not None else torch.randn_like(clean) * self.config.noise_scale
-        if noise.shape != clean.shape:
+        if flow_prediction is None:
+            raise ValueError("`flow_labels` need images with their `timesteps`.")
+        targets = generation_targets
+        if targets is None:
+            targets = torch.ones(flow_prediction.shape[0], dtype=torch.bool, device=flow_prediction.device)
+        targets = torch.as_tensor(targets, dtype=torch.bool, device=flow_prediction.device).reshape(-1)
+        if targets.numel() != flow_prediction.shape[0]:
             raise ValueError(
-                f"`flow_noise` must have the images' shape {tuple(clean.shape)}, got {tuple(noise.shape)}."
+                f"`generation_targets` needs one flag per image ({flow_prediction.shape[0]}), got {targets.numel()}."
             )
-        noisy = interpolate(clean, noise, timesteps)
-        return noisy, timesteps, {"clean": clean, "noise": noise, "targets": targets}
-
-    def _edit_sources(self, input_ids, targets: torch.BoolTensor) -> torch.BoolTensor:
-        """The images that are not targets but share their sample with one: the sources of edits."""
-        if input_ids is None:
-            raise ValueError("`config.understanding_noise_prob` > 0 needs `input_ids` to tell edit sources apart.")
-        rows = TunaImageSpans.from_input_ids(input_ids, self.config.image_token_id).image_rows()
-        if rows.numel() != targets.numel():
-            raise ValueError(f"`input_ids` hold {rows.numel()} image spans for {targets.numel()} images.")
-        rows_with_targets = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=targets.device)
-        rows_with_targets[rows[targets]] = True
-        return ~targets & rows_with_targets[rows]
-
-    def predict_flow(self, outputs: TunaModelOutputWithPast, **kwargs) -> torch.Tensor | None:
-        """Flow head over the decoder output → `[num_images, C, T, H, W]` in the flow space (None without images)."""
-        hidden_states, spans = outputs.last_hidden_state, outputs.image_spans
-        per_token = self.flow_head(
-            hidden_states,
-            outputs.timestep_embeds,
-            spans,
-            outputs.image_grid,
-            outputs.attention_mask,
-            outputs.position_ids,
-            attn_implementation=self.config.text_config._attn_implementation,
-            **kwargs,
+        expected = (int(targets.sum()), *flow_prediction.shape[1:])
+        if tuple(flow_labels.shape) != expected:
+            raise ValueError(f"`flow_labels` must have shape {expected}, got {tuple(flow_labels.shape)}.")
+        if not targets.any():
+            return None
+        return flow_loss(
+            flow_prediction[targets], flow_labels, flow_inputs.timesteps[targets], self.config.prediction_type
         )
+
+    def predict_flow(
+        self, hidden_states: torch.Tensor, flow_inputs: TunaFlowInputs, **kwargs
+    ) -> torch.FloatTensor | None:
+        """Flow head over the decoder's hidden states → `[num_images, C, T, H, W]` in the flow space (None without
+        images)."""
+        per_token = self.flow_head(hidden_states, flow_inputs, **kwargs)
+        spans = flow_inputs.spans
         if spans is None:
             return None
         image_tokens = per_token[spans.is_image_token].view(spans.num_images, -1, per_token.shape[-1])
-        return self.unpatchify(image_tokens, outputs.image_grid)
-
-    def unpatchify(self, image_tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-        """Token outputs `[n, T·h·w, p·p·C]` → `[n, C, T, h·p, w·p]` by a raw reshape, as the official `unpatchify`.
-
-        For p > 1 (Tuna-R, Tuna-2) this is *not* the inverse of the input patchify: token k fills the pixels
-        k·p², …, (k+1)·p² − 1 of the raster-scanned frame (a horizontal strip), which is what the released weights
-        were trained to produce (anatomy §5).
-        """
-        frames, height, width = grid
-        patch, channels = self.config.patch_size, self.config.latent_channels
-        strips = image_tokens.reshape(image_tokens.shape[0], frames, height * width * patch * patch, channels)
-        return strips.permute(0, 3, 1, 2).reshape(-1, channels, frames, height * patch, width * patch)
+        return self.model.unpatchify(image_tokens, flow_inputs.grid)
 
     def prepare_inputs_for_generation(
         self, *args, image_latents=None, timesteps=None, is_first_iteration=False, **kwargs
