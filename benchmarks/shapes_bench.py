@@ -26,7 +26,7 @@ from tuna_hf.demo.shapes_bench import (
     score_text_to_image,
     score_understanding,
 )
-from tuna_hf.pipelines import OFFICIAL_EDIT_NEGATIVE_PROMPT
+from tuna_hf.pipelines import OFFICIAL_EDIT_NEGATIVE_PROMPT, OFFICIAL_GUIDANCE_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,18 +43,18 @@ def main():
     parser.add_argument("--edit-negative-prompt")
     args = parser.parse_args()
     pipe = TunaPipeline.from_pretrained(args.model, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    edit_negative_prompt = pipe.config.edit_negative_prompt
+    settings = {}
     if args.official_sampler:
-        pipe.scheduler = TunaFlowMatchScheduler.from_official_defaults(pipe.transformer.config.variant)
-        edit_negative_prompt = OFFICIAL_EDIT_NEGATIVE_PROMPT
+        variant = pipe.transformer.config.variant
+        settings.update(OFFICIAL_GUIDANCE_DEFAULTS[variant], edit_negative_prompt=OFFICIAL_EDIT_NEGATIVE_PROMPT)
+        settings["scheduler"] = TunaFlowMatchScheduler.from_official_defaults(variant)
     if args.guidance_interval:
-        pipe.scheduler = TunaFlowMatchScheduler.from_config(
-            pipe.scheduler.config, guidance_interval=tuple(args.guidance_interval)
-        )
+        settings["guidance_interval"] = tuple(args.guidance_interval)
     if args.edit_negative_prompt is not None:
-        edit_negative_prompt = args.edit_negative_prompt
-    edit = TunaEditPipeline.from_pipe(pipe, edit_negative_prompt=edit_negative_prompt)
+        settings["edit_negative_prompt"] = args.edit_negative_prompt
+    pipe = TunaPipeline.from_pipe(pipe, **settings)
+    pipe.set_progress_bar_config(disable=True)
+    edit = TunaEditPipeline.from_pipe(pipe)
     edit.set_progress_bar_config(disable=True)
     scenes, edits = all_scenes(), bench_edits()
     if args.subset:
@@ -66,7 +66,8 @@ def main():
     seconds = time.perf_counter() - start
     scores = {"text_to_image": t2i, "vqa": vqa, "editing": editing, "items": len(scenes), "steps": args.steps}
     scores["seed"] = args.seed
-    scores["guidance_interval"] = list(pipe.scheduler.config.guidance_interval)
+    scores["guidance_interval"] = list(pipe.config.guidance_interval)
+    edit_negative_prompt = pipe.config.edit_negative_prompt
     scores["edit_negative_prompt"] = (
         "official" if edit_negative_prompt == OFFICIAL_EDIT_NEGATIVE_PROMPT else edit_negative_prompt
     )

@@ -149,7 +149,7 @@ class TunaDemo:
     def build(self) -> gr.Blocks:
         height, width = self.default_size
         step = self.config.pixels_per_token
-        guidance = self.pipe.scheduler.config
+        guidance = self.pipe.config
         with gr.Blocks(title="TUNA") as demo:
             gr.Markdown(f"# TUNA ({self.config.variant})\nModel: `{self.model_name}`")
             with gr.Tab("Visual question answering"):

@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from tuna_hf import TunaEditPipeline, TunaPipeline, TunaProcessor
 from tuna_hf.convert_official import load_official_checkpoint, main, tuna_config_from_official
 from tuna_hf.official_presets import OFFICIAL_PRESETS
-from tuna_hf.scheduling_tuna import OFFICIAL_SAMPLING_DEFAULTS
+from tuna_hf.pipelines import OFFICIAL_GUIDANCE_DEFAULTS
 
 ATOL = RTOL = 1e-4
 SAMPLE_TOL = 5e-4
@@ -62,8 +62,8 @@ def test_repository_layout(converted, variant):
     names = {path.name for path in repository.iterdir()}
     assert {"model_index.json", "transformer", "processor", "scheduler", "README.md"} <= names
     assert not any(path.name.startswith(".") for path in repository.parent.iterdir())  # no staging folder left
-    scheduler = json.loads((repository / "scheduler" / "scheduler_config.json").read_text())
-    assert scheduler["guidance_scale"] == OFFICIAL_SAMPLING_DEFAULTS[variant]["guidance_scale"]
+    settings = json.loads((repository / "model_index.json").read_text())
+    assert settings["guidance_scale"] == OFFICIAL_GUIDANCE_DEFAULTS[variant]["guidance_scale"]
     card = (repository / "README.md").read_text()
     assert f"variant: {variant}" in card and "{" not in card.split("```")[0]
     assert f"These are the official {variant} predict defaults." in card

@@ -47,9 +47,10 @@ def test_finalize_assembles_the_repository_with_its_card_and_pushes_it(tmp_path,
     import huggingface_hub
 
     processor = tiny_tuna_processor(build_byte_tokenizer(world_texts()))
-    scheduler = TunaFlowMatchScheduler.from_official_defaults("tuna_2", guidance_interval=(0.0, 0.925))
+    scheduler = TunaFlowMatchScheduler.from_official_defaults("tuna_2")
     model = tiny_tuna_model("patch", processor.tokenizer)
-    TunaPipeline(model, processor, scheduler, edit_negative_prompt="").save_pretrained(tmp_path / "run")
+    pipeline = TunaPipeline(model, processor, scheduler, edit_negative_prompt="", guidance_interval=(0.0, 0.925))
+    pipeline.save_pretrained(tmp_path / "run")
     scores = {"steps": 20, "text_to_image": 0.95, "vqa": 1.0, "editing": 0.85}
     (tmp_path / "scores.json").write_text(json.dumps(scores))
     calls = []

@@ -2,6 +2,7 @@
 
 import inspect
 import json
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -20,9 +21,11 @@ from tuna_hf import (
     TunaProcessor,
     TunaVideoPipelineOutput,
 )
-from tuna_hf.pipelines import OFFICIAL_EDIT_NEGATIVE_PROMPT
+from tuna_hf.pipelines import OFFICIAL_EDIT_NEGATIVE_PROMPT, OFFICIAL_GUIDANCE_DEFAULTS
+from tuna_hf.scheduling_tuna import LEGACY_GUIDANCE_KEYS
 from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
 
+REPO = Path(__file__).resolve().parents[1]
 ENCODERS = ("vae_siglip", "siglip", "patch")
 SIZE = 32
 STEPS = 3
@@ -101,11 +104,128 @@ def test_output_types(pipelines, visual_encoder):
     assert isinstance(output, tuple) and len(output[0]) == 1
 
 
-def test_default_sampling_settings_come_from_the_scheduler(pipelines):
+def test_default_sampling_settings_are_the_official_ones(pipelines):
+    """The scheduler holds the time grid (Tuna-R: Heun, 2N − 1 calls), the pipeline config the guidance (4)."""
     calls = []
-    pipe = pipelines["siglip"]  # Tuna-R: Heun, 2N − 1 calls, guidance 4
+    pipe = pipelines["siglip"]
     pipe("x", num_inference_steps=STEPS, callback_on_step_end=lambda p, i, t, kw: calls.append(p.guidance_scale) or {})
     assert calls == [4.0] * (2 * STEPS - 1)
+    settings = {name: pipe.config[name] for name in OFFICIAL_GUIDANCE_DEFAULTS["tuna_r"]}
+    assert settings == {"guidance_scale": 4.0, "edit_guidance_scale": 5.0, "video_guidance_scale": 6.0} | {
+        "guidance_interval": (0.0, 1.0)
+    }
+
+
+def test_guidance_interval(byte_tokenizer):
+    """Guidance at flow times `low < t < high` (official `cfg_interval`), the conditional prediction elsewhere."""
+    pipe = tiny_pipeline("patch", byte_tokenizer)
+    pipe = TunaPipeline.from_pipe(pipe, guidance_interval=(0.2, 0.6))
+    scales = []
+
+    def record(pipe, i, t, tensors):
+        scales.append(pipe.guidance_scale_at(1 - float(t) / 1000))
+        return {}
+
+    generate(pipe, num_inference_steps=4, guidance_scale=3.0, callback_on_step_end=record, output_type="latent")
+    assert scales == [1.0, 3.0, 3.0, 1.0]  # t = 0, 0.25, 0.5, 0.75
+    always = generate(pipe, num_inference_steps=4, guidance_scale=3.0, output_type="latent")
+    official = generate(TunaPipeline.from_pipe(pipe, guidance_interval=(0, 1)), num_inference_steps=4, output_type="latent")
+    assert (always - official).abs().max() > 1e-4
+
+
+def test_heun_order_means_model_calls_per_step(pipelines):
+    """Tuna-R's Heun: 2N − 1 model calls, `order` 2, and the progress bar counts the N steps."""
+    pipe = pipelines["siglip"]
+    bars = []
+    original = pipe.progress_bar
+
+    def progress_bar(**kwargs):
+        bar = original(**kwargs)
+        bars.append(bar)
+        return bar
+
+    pipe.progress_bar = progress_bar
+    try:
+        generate(pipe, output_type="latent")
+    finally:
+        del pipe.progress_bar
+    assert pipe.scheduler.order == 2 and pipe.num_timesteps == 2 * STEPS - 1
+    assert bars[0].total == STEPS and bars[0].n == STEPS
+
+
+def test_a_repository_with_the_guidance_in_its_scheduler_config_loads_the_same(tmp_path):
+    """Repositories saved before the guidance settings moved to `model_index.json` (the embedded checkpoint among
+    them) kept them in the scheduler config: they load with the same settings and give bit-identical images, and
+    `save_pretrained` writes the current layout."""
+    current = REPO / "checkpoints" / "shapes-tuna-2"
+    legacy = tmp_path / "legacy"
+    (legacy / "scheduler").mkdir(parents=True)
+    for name in ("transformer", "processor"):
+        (legacy / name).symlink_to(current / name)
+    index = json.loads((current / "model_index.json").read_text())
+    settings = {key: index.pop(key) for key in LEGACY_GUIDANCE_KEYS}
+    (legacy / "model_index.json").write_text(json.dumps(index))
+    scheduler_config = json.loads((current / "scheduler" / "scheduler_config.json").read_text())
+    (legacy / "scheduler" / "scheduler_config.json").write_text(json.dumps({**scheduler_config, **settings}))
+
+    pipes = [TunaPipeline.from_pretrained(folder, dtype=torch.float32) for folder in (current, legacy)]
+    for pipe in pipes:
+        pipe.set_progress_bar_config(disable=True)
+    assert [pipe.config.guidance_interval for pipe in pipes] == [(0.0, 0.925)] * 2
+    assert dict(pipes[1].scheduler.config) == dict(pipes[0].scheduler.config)
+    prompt = {"prompt": ["a red circle at the top left", "a blue square at the center"], "num_inference_steps": 4}
+    images = [generate(pipe, **prompt, output_type="np") for pipe in pipes]
+    assert np.array_equal(*images)
+    source = {"image": PIL.Image.new("RGB", (64, 64), "white"), "prompt": "make it blue", "num_inference_steps": 4}
+    edits = [generate(TunaEditPipeline.from_pipe(pipe), **source, output_type="np") for pipe in pipes]
+    assert np.array_equal(*edits)
+
+    pipes[1].save_pretrained(tmp_path / "resaved")
+    resaved = json.loads((tmp_path / "resaved" / "model_index.json").read_text())
+    assert resaved["guidance_interval"] == [0.0, 0.925] and resaved["guidance_scale"] == 3.0
+    resaved_scheduler = json.loads((tmp_path / "resaved" / "scheduler" / "scheduler_config.json").read_text())
+    assert not set(LEGACY_GUIDANCE_KEYS) & set(resaved_scheduler)
+
+
+def test_saved_settings_load_equal(tmp_path, pipelines):
+    pipe = TunaPipeline.from_pipe(pipelines["patch"], guidance_interval=[0.1, 0.9], edit_guidance_scale=1.5)
+    pipe.save_pretrained(tmp_path)
+    loaded = TunaPipeline.from_pretrained(tmp_path, dtype=torch.float32)
+    public = {key: value for key, value in pipe.config.items() if not key.startswith("_")}
+    assert {key: loaded.config[key] for key in public} == public
+    assert loaded.config.guidance_interval == (0.1, 0.9)
+
+
+def test_the_scheduler_must_predict_what_the_model_predicts(byte_tokenizer):
+    model = tiny_tuna_model("patch", byte_tokenizer)
+    with pytest.raises(ValueError, match="scheduler's `prediction_type` \\('velocity'\\) must be the model's \\('x0'\\)"):
+        TunaPipeline(model, tiny_tuna_processor(byte_tokenizer), TunaFlowMatchScheduler.from_official_defaults("tuna"))
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"guidance_interval": (0.9, 0.1)}, "`guidance_interval` must satisfy 0 ≤ low < high ≤ 1"),
+        ({"guidance_interval": 0.5}, "`guidance_interval` must be two flow times"),
+        ({"edit_guidance_scale": float("nan")}, "`edit_guidance_scale` must be a finite number ≥ 0"),
+    ],
+)
+def test_bad_pipeline_settings(pipelines, settings, message):
+    with pytest.raises(ValueError, match=message):
+        TunaPipeline.from_pipe(pipelines["patch"], **settings)
+
+
+def test_an_encoded_prompt_serves_several_calls(pipelines):
+    """`encode_prompt` works on its own; its rows and cache give the images `prompt=` gives, call after call."""
+    pipe = pipelines["patch"]
+    rows, cache = pipe.encode_prompt(["a red circle", "a blue square"], negative_prompt="blurry", height=SIZE, width=SIZE)
+    for seed in (0, 1):
+        expected = generate(pipe, ["a red circle", "a blue square"], negative_prompt="blurry", seed=seed)
+        encoded = generate(pipe, prompt=None, prompt_rows=rows, prompt_cache=cache, seed=seed)
+        assert [np.asarray(image).tolist() for image in encoded] == [np.asarray(image).tolist() for image in expected]
+    with pytest.raises(ValueError, match="encoded without unconditional rows"):
+        unguided, _ = pipe.encode_prompt("x", do_classifier_free_guidance=False, use_prompt_cache=False)
+        generate(pipe, prompt=None, prompt_rows=unguided, guidance_scale=3.0)
 
 
 @pytest.mark.parametrize("edit", [False, True])
@@ -306,7 +426,7 @@ class TestErrors:
             ({"num_images_per_prompt": 0}, "`num_images_per_prompt` must be a positive integer"),
             ({"callback_on_step_end_tensor_inputs": ["noise"]}, "`callback_on_step_end_tensor_inputs` must be in"),
             ({"num_inference_steps": 0}, "`num_inference_steps` must be an integer"),
-            ({"guidance_scale": -1.0}, "`guidance_scale` must be a number ≥ 0"),
+            ({"guidance_scale": -1.0}, "`guidance_scale` must be a finite number ≥ 0"),
         ],
     )
     def test_text_to_image_arguments(self, pipelines, kwargs, message):

@@ -1,10 +1,13 @@
-"""TunaFlowMatchScheduler reproduces the official grids and updates (anatomy §6) and round-trips its config."""
+"""TunaFlowMatchScheduler reproduces the official grids and updates (docs/architecture.md §6) and round-trips its
+config."""
+
+import json
 
 import pytest
 import torch
 
 from tuna_hf import TunaFlowMatchScheduler
-from tuna_hf.scheduling_tuna import OFFICIAL_SAMPLING_DEFAULTS
+from tuna_hf.scheduling_tuna import LEGACY_GUIDANCE_KEYS, OFFICIAL_SAMPLING_DEFAULTS
 
 
 def public_config(config):
@@ -13,7 +16,8 @@ def public_config(config):
 
 
 def flow_times(scheduler):
-    return [round(float(scheduler.flow_time(t)), 6) for t in scheduler.timesteps]
+    """TUNA's time (t = 1 clean) of every model call."""
+    return [round(1 - float(t) / scheduler.config.num_train_timesteps, 6) for t in scheduler.timesteps]
 
 
 def test_velocity_grid_is_shifted_and_has_one_call_less_than_steps():
@@ -21,7 +25,7 @@ def test_velocity_grid_is_shifted_and_has_one_call_less_than_steps():
     scheduler.set_timesteps(4)
     assert flow_times(scheduler) == [0.0, round(1 / 7, 6), 0.4]  # t / (t + 3 − 3t) on linspace(0, 1, 4)
     scheduler.set_timesteps(50)
-    assert scheduler.num_model_calls == 49
+    assert len(scheduler.timesteps) == 49 and scheduler.order == 1
 
 
 @pytest.mark.parametrize(
@@ -31,13 +35,14 @@ def test_x0_grid_is_uniform(solver, calls):
     scheduler = TunaFlowMatchScheduler.from_official_defaults("tuna_2", solver=solver, shift=3.0)
     scheduler.set_timesteps(4)
     assert flow_times(scheduler) == calls  # the shift is ignored, as by the official JiT sampler
+    assert scheduler.order == (2 if solver == "heun" else 1)  # diffusers' meaning: model calls per step
 
 
 def test_x0_grid_in_bfloat16_matches_the_official_bf16_grid():
     scheduler = TunaFlowMatchScheduler.from_official_defaults("tuna_2")
     scheduler.set_timesteps(50, grid_dtype=torch.bfloat16)
     official = torch.linspace(0, 1, 51, dtype=torch.bfloat16)[:-1].float()
-    assert torch.equal(scheduler.flow_time(scheduler.timesteps), official)
+    assert torch.equal(1 - scheduler.timesteps / 1000, official)
     assert abs(float(official[-1]) - 0.98046875) < 1e-9
 
 
@@ -82,15 +87,6 @@ def test_heun_predictor_corrector():
     torch.testing.assert_close(final, corrected + 0.5 * (x0_last - corrected) / 0.5)
 
 
-def test_guidance_interval():
-    scheduler = TunaFlowMatchScheduler.from_official_defaults("tuna_2", guidance_interval=(0.2, 0.6))
-    scheduler.set_timesteps(4)
-    assert [scheduler.guidance_scale_at(t, 3.0) for t in scheduler.timesteps] == [1.0, 3.0, 3.0, 1.0]
-    scheduler = TunaFlowMatchScheduler.from_official_defaults("tuna_2")
-    scheduler.set_timesteps(4)
-    assert all(scheduler.guidance_scale_at(t, 3.0) == 3.0 for t in scheduler.timesteps)
-
-
 @pytest.mark.parametrize("variant", sorted(OFFICIAL_SAMPLING_DEFAULTS))
 def test_official_defaults_round_trip(tmp_path, variant):
     scheduler = TunaFlowMatchScheduler.from_official_defaults(variant)
@@ -98,9 +94,18 @@ def test_official_defaults_round_trip(tmp_path, variant):
     loaded = TunaFlowMatchScheduler.from_pretrained(tmp_path)
     assert public_config(loaded.config) == public_config(scheduler.config)
     assert loaded.init_noise_sigma == {"tuna": 1.0, "tuna_r": 2.0, "tuna_2": 2.0}[variant]
-    assert loaded.config.guidance_scale == {"tuna": 7.5, "tuna_r": 4.0, "tuna_2": 3.0}[variant]
-    assert loaded.config.edit_guidance_scale == {"tuna": 7.5, "tuna_r": 5.0, "tuna_2": 2.0}[variant]
     assert loaded.config.solver == ("heun" if variant == "tuna_r" else "euler")
+    assert not set(LEGACY_GUIDANCE_KEYS) & set(loaded.config)  # guidance is the pipeline's
+
+
+def test_an_older_config_keeps_its_guidance_settings_for_the_pipeline(tmp_path, caplog):
+    """A scheduler config saved when it held the guidance settings loads without a warning; they stay readable."""
+    legacy = {**OFFICIAL_SAMPLING_DEFAULTS["tuna_2"], "guidance_scale": 3.0, "guidance_interval": [0.0, 0.925]}
+    (tmp_path / "scheduler_config.json").write_text(json.dumps({"_class_name": "TunaFlowMatchScheduler", **legacy}))
+    with caplog.at_level("WARNING"):
+        loaded = TunaFlowMatchScheduler.from_pretrained(tmp_path)
+    assert "not expected" not in caplog.text
+    assert loaded.config.guidance_interval == [0.0, 0.925] and loaded.config.solver == "euler"
 
 
 def test_bad_arguments():

@@ -3,8 +3,8 @@
     python examples/shapes/prepare.py --output runs/shapes
 
 writes `runs/shapes/data/` (`imgs/*.png`, `ti_pairs.jsonl`, `mmu_pairs.jsonl`, `edit_pairs.jsonl`) and
-`runs/shapes/init/` (a pipeline repository: the byte-level tokenizer, a 64×64 processor, the Tuna-2 scheduler with
-its guidance interval, an empty default edit negative prompt).
+`runs/shapes/init/` (a pipeline repository: the byte-level tokenizer, a 64×64 processor, the Tuna-2 scheduler, and
+the pipeline settings: its guidance interval and an empty default edit negative prompt).
 """
 
 import argparse
@@ -69,8 +69,9 @@ def main():
     )
     model = TunaForUnifiedMultimodal(config)
     print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters")
-    scheduler = TunaFlowMatchScheduler.from_official_defaults("tuna_2", guidance_interval=GUIDANCE_INTERVAL)
-    TunaPipeline(model, processor, scheduler, edit_negative_prompt="").save_pretrained(args.output / "init")
+    scheduler = TunaFlowMatchScheduler.from_official_defaults("tuna_2")
+    pipeline = TunaPipeline(model, processor, scheduler, edit_negative_prompt="", guidance_interval=GUIDANCE_INTERVAL)
+    pipeline.save_pretrained(args.output / "init")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from importlib import resources
 from pathlib import Path
 
-from .pipelines import OFFICIAL_EDIT_NEGATIVE_PROMPT
+from .pipelines import OFFICIAL_EDIT_NEGATIVE_PROMPT, OFFICIAL_GUIDANCE_DEFAULTS
 from .scheduling_tuna import TunaFlowMatchScheduler
 
 VARIANT_DESCRIPTIONS = {
@@ -17,16 +17,9 @@ GENERIC_EXAMPLES = {
     "example_prompt": "a red fox in the snow",
     "example_instruction": "make it night",
 }
-# The scheduler settings a card compares with the official predict defaults.
-SAMPLING_SETTINGS = (
-    "solver",
-    "prediction_type",
-    "shift",
-    "noise_scale",
-    "guidance_scale",
-    "edit_guidance_scale",
-    "video_guidance_scale",
-)
+# The scheduler and pipeline settings a card compares with the official predict defaults.
+SCHEDULER_SETTINGS = ("solver", "prediction_type", "shift", "noise_scale")
+GUIDANCE_SETTINGS = ("guidance_scale", "edit_guidance_scale", "video_guidance_scale")
 GENERIC_LIMITATIONS = (
     "The official release's limitations apply (see its repository): English prompts, the biases of its training "
     "data, and resolutions near the ones it was trained at."
@@ -87,23 +80,28 @@ def describe_size(model) -> str:
 def describe_sampling(pipeline) -> str:
     """The model card's sampling-defaults paragraph, read from the scheduler's and the pipeline's config, and how it
     differs from the variant's official predict defaults."""
-    config, variant = pipeline.scheduler.config, pipeline.transformer.config.variant
-    low, high = config.guidance_interval
+    scheduler, settings, variant = pipeline.scheduler.config, pipeline.config, pipeline.transformer.config.variant
+    low, high = settings.guidance_interval
     guided_always = (low, high) == (0.0, 1.0)
-    guidance = f"guidance {config.guidance_scale} (text-to-image) / {config.edit_guidance_scale} (editing)"
+    guidance = f"guidance {settings.guidance_scale} (text-to-image) / {settings.edit_guidance_scale} (editing)"
     if not guided_always:
         guidance += f" at flow times {f'{low} < ' if low else ''}t < {high}"
-    negative = pipeline.config.edit_negative_prompt
+    negative = settings.edit_negative_prompt
     official_negative = negative == OFFICIAL_EDIT_NEGATIVE_PROMPT
     negative_text = {OFFICIAL_EDIT_NEGATIVE_PROMPT: "the official one", "": "empty"}.get(negative, f"`{negative}`")
     summary = (
-        f"{config.solver} sampler, {config.prediction_type} prediction, {guidance}, initial noise scale "
-        f"{config.noise_scale}; editing's default negative prompt: {negative_text}"
+        f"{scheduler.solver} sampler, {scheduler.prediction_type} prediction, {guidance}, initial noise scale "
+        f"{scheduler.noise_scale}; editing's default negative prompt: {negative_text}"
     )
-    official = TunaFlowMatchScheduler.from_official_defaults(variant).config
+    official_scheduler = TunaFlowMatchScheduler.from_official_defaults(variant).config
+    official_guidance = OFFICIAL_GUIDANCE_DEFAULTS[variant]
     differences = [
         f"`{name}` {config[name]!r} (official {official[name]!r})"
-        for name in SAMPLING_SETTINGS
+        for config, official, names in (
+            (scheduler, official_scheduler, SCHEDULER_SETTINGS),
+            (settings, official_guidance, GUIDANCE_SETTINGS),
+        )
+        for name in names
         if config[name] != official[name]
     ]
     if not guided_always:

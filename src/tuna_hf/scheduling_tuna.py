@@ -1,7 +1,7 @@
-"""TUNA's flow-matching sampler as a diffusers scheduler.
+"""TUNA's flow-matching sampler as a diffusers scheduler: time grids and steps (docs/architecture.md §6).
 
 Diffusers' convention is kept on the outside: `sigma = 1` is noise, `timesteps = sigma · 1000`, decreasing. TUNA's
-time is `t = 1 − sigma` (t = 1 clean), which is what the model's `timesteps` argument takes (anatomy §6).
+time is `t = 1 − sigma` (t = 1 clean), which is what the model's `timesteps` argument takes.
 
 * Tuna (`prediction_type="velocity"`): the model predicts `u = x_data − noise`. The official sampler integrates with
   Euler on `linspace(0, 1, N)` shifted by `t / (t + s − s·t)` (= diffusers' static shift of sigma), so N "steps" are
@@ -10,6 +10,8 @@ time is `t = 1 − sigma` (t = 1 clean), which is what the model's `timesteps` a
   `linspace(0, 1, N + 1)` (the shift is ignored), velocity `(x0 − x) / max(0.05, 1 − t)`, Euler or Heun for the first
   N − 1 intervals and always Euler for the last one: N calls (Euler) or 2N − 1 (Heun). The initial noise is scaled by
   `noise_scale` (2). The grid is built in the model's dtype, as the official one (bf16 in the released configs).
+
+Guidance is the pipelines' business (their config holds its defaults).
 """
 
 import torch
@@ -19,34 +21,16 @@ from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchE
 
 SOLVERS = ("euler", "heun")
 
-# Official predict defaults (`scripts/launch/predict.sh`, `configs/predict/*.yaml`; anatomy §6.3).
+# The sampler half of the official predict defaults (`scripts/launch/predict.sh`, `configs/predict/*.yaml`); the
+# guidance half is `tuna_hf.pipelines.OFFICIAL_GUIDANCE_DEFAULTS`.
 OFFICIAL_SAMPLING_DEFAULTS = {
-    "tuna": {
-        "prediction_type": "velocity",
-        "solver": "euler",
-        "shift": 3.0,
-        "noise_scale": 1.0,
-        "guidance_scale": 7.5,
-        "edit_guidance_scale": 7.5,
-        "video_guidance_scale": 6.0,
-    },
-    "tuna_r": {
-        "prediction_type": "x0",
-        "solver": "heun",
-        "shift": 1.0,
-        "noise_scale": 2.0,
-        "guidance_scale": 4.0,
-        "edit_guidance_scale": 5.0,
-    },
-    "tuna_2": {
-        "prediction_type": "x0",
-        "solver": "euler",
-        "shift": 1.0,
-        "noise_scale": 2.0,
-        "guidance_scale": 3.0,
-        "edit_guidance_scale": 2.0,
-    },
+    "tuna": {"prediction_type": "velocity", "solver": "euler", "shift": 3.0, "noise_scale": 1.0},
+    "tuna_r": {"prediction_type": "x0", "solver": "heun", "shift": 1.0, "noise_scale": 2.0},
+    "tuna_2": {"prediction_type": "x0", "solver": "euler", "shift": 1.0, "noise_scale": 2.0},
 }
+# Guidance settings that scheduler configs held before they moved to the pipeline config. They are kept among the
+# config's "hidden" entries when such a config is loaded, for the pipeline to take over (`TunaBasePipeline`).
+LEGACY_GUIDANCE_KEYS = ("guidance_scale", "edit_guidance_scale", "video_guidance_scale", "guidance_interval")
 
 
 class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
@@ -55,23 +39,19 @@ class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     the model's own convention: TUNA velocity `x_data − noise`, or the clean sample x0.
 
     It follows `FlowMatchEulerDiscreteScheduler`'s conventions (sigmas, `timesteps = sigma · 1000`, static shift)
-    without subclassing it: its dynamic-shift and sigma-schedule options have no official counterpart here.
+    without subclassing it: its dynamic-shift and sigma-schedule options have no official counterpart here. Like
+    every diffusers scheduler it holds the state of one sampling run (`set_timesteps` … `step`); the pipelines sample
+    on a copy of their own per call.
 
     Args:
         num_train_timesteps (`int`, defaults to 1000): scale of `timesteps` (`sigma · num_train_timesteps`).
         shift (`float`, defaults to 3.0): static time shift of the velocity grid (ignored for x0, as officially).
-        prediction_type (`str`): `"velocity"` (Tuna) or `"x0"` (Tuna-R, Tuna-2).
-        solver (`str`): `"euler"` or `"heun"` (Heun's last interval is Euler, as the official JiT sampler).
-        noise_scale (`float`): standard deviation of the initial noise (`init_noise_sigma`).
+        prediction_type (`str`, defaults to `"velocity"`): `"velocity"` (Tuna) or `"x0"` (Tuna-R, Tuna-2).
+        solver (`str`, defaults to `"euler"`): `"euler"` or `"heun"` (Heun's last interval is Euler, as the official
+            JiT sampler).
+        noise_scale (`float`, defaults to 1.0): standard deviation of the initial noise (`init_noise_sigma`).
         x0_min_denominator (`float`, defaults to 0.05): the JiT clamp of `1 − t` when x0 is turned into a velocity.
-        guidance_scale, edit_guidance_scale, video_guidance_scale (`float`): the variant's default classifier-free
-            guidance for text-to-image, editing and text-to-video, read by the pipelines.
-        guidance_interval (`tuple[float, float]`, defaults to (0, 1)): guidance is applied at flow times
-            `low < t < high` (`low = 0` includes t = 0), else the conditional prediction is used (official
-            `cfg_interval`).
     """
-
-    order = 1
 
     @register_to_config
     def __init__(
@@ -82,10 +62,6 @@ class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         solver: str = "euler",
         noise_scale: float = 1.0,
         x0_min_denominator: float = 0.05,
-        guidance_scale: float = 7.5,
-        edit_guidance_scale: float = 7.5,
-        video_guidance_scale: float = 6.0,
-        guidance_interval: tuple[float, float] = (0.0, 1.0),
     ):
         if prediction_type not in ("velocity", "x0"):
             raise ValueError(f'`prediction_type` must be "velocity" or "x0", got {prediction_type!r}.')
@@ -98,10 +74,24 @@ class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_official_defaults(cls, variant: str, **overrides) -> "TunaFlowMatchScheduler":
-        """The official sampling defaults of `variant` (`"tuna"`, `"tuna_r"`, `"tuna_2"`; see `TunaConfig.variant`)."""
+        """The official sampler of `variant` (`"tuna"`, `"tuna_r"`, `"tuna_2"`; see `TunaConfig.variant`)."""
         if variant not in OFFICIAL_SAMPLING_DEFAULTS:
             raise ValueError(f"`variant` must be one of {tuple(OFFICIAL_SAMPLING_DEFAULTS)}, got {variant!r}.")
         return cls(**{**OFFICIAL_SAMPLING_DEFAULTS[variant], **overrides})
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict, **kwargs):
+        """Diffusers' config reading, keeping an older config's guidance settings (`LEGACY_GUIDANCE_KEYS`) as hidden
+        entries instead of warning that they are ignored: the pipeline takes them over."""
+        legacy = {key: config_dict[key] for key in LEGACY_GUIDANCE_KEYS if key in config_dict}
+        current = {key: value for key, value in config_dict.items() if key not in legacy}
+        init_dict, unused_kwargs, hidden_dict = super().extract_init_dict(current, **kwargs)
+        return init_dict, unused_kwargs, {**hidden_dict, **legacy}
+
+    @property
+    def order(self) -> int:
+        """Model calls per step, as diffusers counts them: 2 for Heun (predictor and corrector), 1 for Euler."""
+        return 2 if self.config.solver == "heun" else 1
 
     @property
     def init_noise_sigma(self) -> float:
@@ -112,10 +102,6 @@ class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         """Index of the next model call in `timesteps` (None before the first `step`)."""
         return self._step_index
 
-    @property
-    def num_model_calls(self) -> int:
-        return len(self.timesteps)
-
     def set_timesteps(
         self,
         num_inference_steps: int,
@@ -124,8 +110,15 @@ class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
     ):
         """
         The official grid of `num_inference_steps` (TUNA's meaning: grid points for velocity, intervals for x0).
-        `self.sigmas` is the grid (ending at 0), `self.timesteps` holds one entry per model call; `grid_dtype` is the
-        dtype the official x0 grid is built in (the sample's dtype there).
+
+        Args:
+            num_inference_steps (`int`): grid points (velocity: `num_inference_steps − 1` steps) or intervals (x0).
+            device (`str` or `torch.device`, *optional*): where `timesteps` and `sigmas` go.
+            grid_dtype (`torch.dtype`, defaults to `torch.float32`): the dtype the official x0 grid is built in (the
+                sample's dtype there).
+
+        `self.sigmas` is the grid (ending at 0); `self.timesteps` holds one entry per model call (Heun: the inner
+        grid points twice).
         """
         velocity = self.config.prediction_type == "velocity"
         if not isinstance(num_inference_steps, int) or num_inference_steps < (2 if velocity else 1):
@@ -148,16 +141,6 @@ class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = None
         self._heun_state = None
 
-    def flow_time(self, timestep: torch.Tensor) -> torch.Tensor:
-        """TUNA's time `t = 1 − sigma` of a diffusers `timestep`: what the model's `timesteps` argument takes."""
-        return 1 - timestep / self.config.num_train_timesteps
-
-    def guidance_scale_at(self, timestep: torch.Tensor, guidance_scale: float) -> float:
-        """`guidance_scale` inside `guidance_interval`, 1 (conditional prediction only) outside it."""
-        low, high = self.config.guidance_interval
-        t = float(self.flow_time(timestep))
-        return guidance_scale if t < high and (low == 0 or t > low) else 1.0
-
     def step(
         self,
         model_output: torch.Tensor,
@@ -165,11 +148,19 @@ class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         sample: torch.Tensor,
         return_dict: bool = True,
     ) -> FlowMatchEulerDiscreteSchedulerOutput | tuple:
-        """One model call's update. Heun alternates predictor and corrector calls; the last call is an Euler step."""
+        """
+        One model call's update. Heun alternates predictor and corrector calls; the last call is an Euler step.
+
+        Args:
+            model_output (`torch.Tensor`): the (guided) prediction: velocity, or x0.
+            timestep (`torch.Tensor`): the entry of `timesteps` the model was called at.
+            sample (`torch.Tensor`): the current sample.
+            return_dict (`bool`, defaults to True): return a `FlowMatchEulerDiscreteSchedulerOutput` or a tuple.
+        """
         if self._step_index is None:
             self._step_index = int((self.timesteps == timestep).nonzero()[0])
         call, heun = self.step_index, self.config.solver == "heun"
-        last_call = call == self.num_model_calls - 1
+        last_call = call == len(self.timesteps) - 1
         if heun and not last_call:
             interval, corrector = divmod(call, 2)
         else:

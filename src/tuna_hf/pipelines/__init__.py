@@ -7,20 +7,21 @@ and `scheduler` (`TunaFlowMatchScheduler`).
 
 import diffusers
 
-from .base import OFFICIAL_EDIT_NEGATIVE_PROMPT, TunaBasePipeline
+from .base import OFFICIAL_EDIT_NEGATIVE_PROMPT, OFFICIAL_GUIDANCE_DEFAULTS, TunaBasePipeline
 from .lora import TunaLoraLoaderMixin
 from .pipeline_output import TunaPipelineOutput, TunaVideoPipelineOutput
 from .pipeline_tuna import OFFICIAL_T2I_NEGATIVE_PROMPT, TunaPipeline
 from .pipeline_tuna_edit import TunaEditPipeline
-from .prompt_cache import TunaPromptCache
+from .prompt_cache import TunaPromptCache, TunaPromptRows
 
 # `DiffusionPipeline.from_pretrained` resolves `model_index.json`'s `_class_name` on the diffusers namespace
-# (hf-ecosystem §3.1, pitfall 2); after `import tuna_hf` the generic loader finds our pipelines.
+# (docs/architecture.md §9); after `import tuna_hf` the generic loader finds our pipelines.
 for _pipeline_class in (TunaPipeline, TunaEditPipeline):
     setattr(diffusers, _pipeline_class.__name__, _pipeline_class)
 
 __all__ = [
     "OFFICIAL_EDIT_NEGATIVE_PROMPT",
+    "OFFICIAL_GUIDANCE_DEFAULTS",
     "OFFICIAL_T2I_NEGATIVE_PROMPT",
     "TunaBasePipeline",
     "TunaEditPipeline",
@@ -28,5 +29,6 @@ __all__ = [
     "TunaPipeline",
     "TunaPipelineOutput",
     "TunaPromptCache",
+    "TunaPromptRows",
     "TunaVideoPipelineOutput",
 ]

@@ -1,20 +1,24 @@
-"""What the TUNA pipelines share: components, Hub download, the denoising loop, decoding."""
+"""What the TUNA pipelines share: components and sampling settings, Hub download, `from_pipe`, input checks, latents,
+the prompt rows and their cache, decoding."""
 
+import math
 import os
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.configuration_utils import FrozenDict
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import snapshot_download
+from transformers import DynamicCache
 
 from ..modeling_tuna import TunaForUnifiedMultimodal
 from ..processing_tuna import TunaProcessor
-from ..scheduling_tuna import TunaFlowMatchScheduler
+from ..scheduling_tuna import LEGACY_GUIDANCE_KEYS, TunaFlowMatchScheduler
 from ..wan_vae import decode_wan_latents
 from .lora import TunaLoraLoaderMixin
-from .prompt_cache import TunaPromptCache
+from .prompt_cache import TunaPromptCache, TunaPromptRows
 
 logger = logging.get_logger(__name__)
 
@@ -24,23 +28,42 @@ COMPONENT_NAMES = ("transformer", "processor", "scheduler")
 # the official `prepare_gen_input_edit` uses when no negative prompt is given.
 OFFICIAL_EDIT_NEGATIVE_PROMPT = (
     "identity changed, different person, face altered, different facial features, lost subject, missing subject, "
-    "replaced subject, drastic pose change, broken anatomy, extra limbs, missing limbs, distorted body, deformed face, "
-    "hallucinated details, removed subject details, inconsistent lighting, mismatched style, oversaturated edit, "
-    "unintended color shift, blurry, watermark, jpeg artifacts, text artifacts, low quality, worst quality, "
-    "bad composition"
+    "replaced subject, drastic pose change, broken anatomy, extra limbs, missing limbs, distorted body, "
+    "deformed face, hallucinated details, removed subject details, inconsistent lighting, mismatched style, "
+    "oversaturated edit, unintended color shift, blurry, watermark, jpeg artifacts, text artifacts, low quality, "
+    "worst quality, bad composition"
 )
+# The guidance half of the official predict defaults (`scripts/launch/predict.sh`; the sampler half is
+# `tuna_hf.scheduling_tuna.OFFICIAL_SAMPLING_DEFAULTS`): text-to-image, editing, text-to-video (the runner's 6.0,
+# `t2v_2b.yaml` sets none) and the official `cfg_interval`, always on.
+OFFICIAL_GUIDANCE_DEFAULTS = {
+    variant: {"guidance_scale": t2i, "edit_guidance_scale": edit, "video_guidance_scale": 6.0, "guidance_interval": (0.0, 1.0)}
+    for variant, t2i, edit in (("tuna", 7.5, 7.5), ("tuna_r", 4.0, 5.0), ("tuna_2", 3.0, 2.0))
+}
 # Sequence tokens that follow the target span in the official layout: `<|vision_end|> <|im_end|>`.
 TOKENS_AFTER_TARGET_SPAN = 2
 
 
 class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
     r"""
-    Components: `transformer` ([`TunaForUnifiedMultimodal`], which holds Tuna's Wan 2.2 VAE as `transformer.model.vae`),
-    `processor` ([`TunaProcessor`]) and `scheduler` ([`TunaFlowMatchScheduler`]).
+    The components and sampling settings of the TUNA pipelines.
 
-    `edit_negative_prompt` (stored in `model_index.json`, shared by both pipelines of a repository): the text of the
-    unconditional rows when [`TunaEditPipeline`] gets no `negative_prompt`. The official one by default; a model
-    trained with empty instructions as its unconditional case (caption dropout, as `examples/train.py`) sets `""`.
+    Args:
+        transformer ([`TunaForUnifiedMultimodal`]): the model (Tuna holds its Wan 2.2 VAE as `transformer.model.vae`).
+        processor ([`TunaProcessor`]): builds the official sequence layouts.
+        scheduler ([`TunaFlowMatchScheduler`]): the time grid and steps; its `prediction_type` must be the model's.
+        edit_negative_prompt (`str`, defaults to `OFFICIAL_EDIT_NEGATIVE_PROMPT`): the text of the unconditional rows
+            when [`TunaEditPipeline`] gets no `negative_prompt`. A model trained with empty instructions as its
+            unconditional case (caption dropout, as `examples/train.py`) sets `""`.
+        guidance_scale, edit_guidance_scale, video_guidance_scale (`float`, *optional*): the default classifier-free
+            guidance of text-to-image, editing and text-to-video; default: the variant's official predict defaults
+            (`OFFICIAL_GUIDANCE_DEFAULTS`).
+        guidance_interval (`tuple[float, float]`, *optional*): guidance applies at flow times `low < t < high`
+            (`low = 0` includes t = 0), elsewhere the conditional prediction is used (official `cfg_interval`); default
+            (0, 1), always.
+
+    The settings are stored in `model_index.json` and shared by both pipelines of a repository (`from_pipe`). A
+    repository saved when the guidance settings lived in the scheduler config loads with them.
     """
 
     model_cpu_offload_seq = "transformer"
@@ -52,18 +75,69 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         processor: TunaProcessor,
         scheduler: TunaFlowMatchScheduler,
         edit_negative_prompt: str = OFFICIAL_EDIT_NEGATIVE_PROMPT,
+        guidance_scale: float | None = None,
+        edit_guidance_scale: float | None = None,
+        video_guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ):
         super().__init__()
         if not isinstance(edit_negative_prompt, str):
             raise TypeError(f"`edit_negative_prompt` must be a string, got {edit_negative_prompt!r}.")
+        prediction_type = transformer.config.prediction_type
+        if scheduler.config.get("prediction_type", prediction_type) != prediction_type:
+            raise ValueError(
+                f"The scheduler's `prediction_type` ({scheduler.config.prediction_type!r}) must be the model's "
+                f"({prediction_type!r})."
+            )
+        given = {
+            "guidance_scale": guidance_scale,
+            "edit_guidance_scale": edit_guidance_scale,
+            "video_guidance_scale": video_guidance_scale,
+            "guidance_interval": guidance_interval,
+        }
+        legacy = self._take_legacy_guidance(scheduler)
+        official = OFFICIAL_GUIDANCE_DEFAULTS[transformer.config.variant]
+        settings = {
+            name: value if value is not None else legacy.get(name, official[name]) for name, value in given.items()
+        }
+        for name in ("guidance_scale", "edit_guidance_scale", "video_guidance_scale"):
+            settings[name] = self._check_guidance_scale(name, settings[name])
+        settings["guidance_interval"] = self._check_guidance_interval(settings["guidance_interval"])
         self.register_modules(transformer=transformer, processor=processor, scheduler=scheduler)
-        self.register_to_config(edit_negative_prompt=edit_negative_prompt)
+        self.register_to_config(edit_negative_prompt=edit_negative_prompt, **settings)
+
+    @staticmethod
+    def _take_legacy_guidance(scheduler) -> dict:
+        """Guidance settings an older scheduler config holds (`LEGACY_GUIDANCE_KEYS`), moved out of it: this
+        pipeline's config holds them now, and `save_pretrained` writes them there."""
+        config = dict(scheduler.config)
+        legacy = {key: config.pop(key) for key in LEGACY_GUIDANCE_KEYS if key in config}
+        if legacy:
+            logger.info(f"Guidance settings {sorted(legacy)} read from an older scheduler config.")
+            scheduler._internal_dict = FrozenDict(config)
+        return legacy
+
+    @staticmethod
+    def _check_guidance_scale(name: str, value) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"`{name}` must be a finite number ≥ 0 (0 or 1: no guidance), got {value!r}.")
+        return float(value)
+
+    @staticmethod
+    def _check_guidance_interval(interval) -> tuple[float, float]:
+        values = tuple(interval) if isinstance(interval, (list, tuple)) else ()
+        if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"`guidance_interval` must be two flow times (low, high), got {interval!r}.")
+        low, high = (float(v) for v in values)
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"`guidance_interval` must satisfy 0 ≤ low < high ≤ 1, got {interval!r}.")
+        return low, high
 
     @classmethod
     def download(cls, pretrained_model_name: str, **kwargs) -> str | os.PathLike:
         """
         Fetch a pipeline repository from the Hub. Diffusers' own `download` rejects components from libraries it does
-        not know (`tuna_hf`), so the repository is fetched as a whole (hf-ecosystem §3.1, pitfall 3).
+        not know (`tuna_hf`), so the repository is fetched as a whole (docs/architecture.md §9).
         """
         return snapshot_download(
             pretrained_model_name,
@@ -77,18 +151,19 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
     @classmethod
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "TunaBasePipeline":
         """
-        A pipeline of this class sharing `pipeline`'s components and `edit_negative_prompt` (`kwargs` replace
-        some). Unlike diffusers' `from_pipe`, which casts the shared modules to `dtype` (float32 by default) in place,
+        A pipeline of this class sharing `pipeline`'s components and sampling settings (`kwargs` replace some).
+        Unlike diffusers' `from_pipe`, which casts the shared modules to `dtype` (float32 by default) in place,
         nothing is cast.
         """
-        unknown = set(kwargs) - set(COMPONENT_NAMES) - {"edit_negative_prompt"}
+        settings = ("edit_negative_prompt", *LEGACY_GUIDANCE_KEYS)
+        unknown = set(kwargs) - set(COMPONENT_NAMES) - set(settings)
         if unknown:
             raise TypeError(
-                f"`from_pipe` takes only components {COMPONENT_NAMES} and `edit_negative_prompt`, got {sorted(unknown)}."
+                f"`from_pipe` takes only components {COMPONENT_NAMES} and the settings {settings}, got {sorted(unknown)}."
             )
         components = {name: kwargs.get(name, getattr(pipeline, name)) for name in COMPONENT_NAMES}
-        default_negative = pipeline.config.get("edit_negative_prompt", OFFICIAL_EDIT_NEGATIVE_PROMPT)
-        return cls(**components, edit_negative_prompt=kwargs.get("edit_negative_prompt", default_negative))
+        inherited = {name: kwargs.get(name, pipeline.config.get(name)) for name in settings}
+        return cls(**components, **{name: value for name, value in inherited.items() if value is not None})
 
     @property
     def guidance_scale(self) -> float:
@@ -101,12 +176,11 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         return self._guidance_scale > 0 and self._guidance_scale != 1
 
     def _set_guidance_scale(self, guidance_scale: float | None, default: float, negative_prompt) -> None:
-        value = default if guidance_scale is None else guidance_scale
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"`guidance_scale` must be a number ≥ 0 (0 or 1: no guidance), got {value!r}.")
-        self._guidance_scale = float(value)
+        self._guidance_scale = self._check_guidance_scale(
+            "guidance_scale", default if guidance_scale is None else guidance_scale
+        )
         if negative_prompt and not self.do_classifier_free_guidance:
-            logger.warning(f"`negative_prompt` is not used: guidance_scale={value} does not guide.")
+            logger.warning(f"`negative_prompt` is not used: guidance_scale={self._guidance_scale} does not guide.")
 
     @property
     def num_timesteps(self) -> int:
@@ -126,30 +200,6 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         size = self.processor.image_processor.size
         return (height or size["height"], width or size["width"])
 
-    def check_inputs(
-        self, prompt, negative_prompt, height, width, num_images_per_prompt, latents, output_type, callback_inputs
-    ) -> list[str]:
-        """Checks the arguments every TUNA pipeline shares; returns the prompts as a list."""
-        prompts = self._check_prompts("prompt", prompt)
-        if negative_prompt is not None:
-            self._check_prompts("negative_prompt", negative_prompt, len(prompts))
-        step = self.transformer.config.pixels_per_token
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value <= 0 or value % step:
-                raise ValueError(f"`{name}` must be a positive multiple of {step}, got {value}.")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt}.")
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        if latents is not None and not torch.is_floating_point(latents):
-            raise TypeError(f"`latents` must be a floating point tensor, got {latents.dtype}.")
-        unknown = set(callback_inputs or []) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` must be in {self._callback_tensor_inputs}, got {sorted(unknown)}."
-            )
-        return prompts
-
     @staticmethod
     def _check_prompts(name: str, prompts, batch_size: int | None = None) -> list[str]:
         if isinstance(prompts, str):
@@ -160,19 +210,23 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
             raise ValueError(f"`{name}` has {len(prompts)} entries for a batch of {batch_size}.")
         return list(prompts) * (batch_size // len(prompts) if batch_size else 1)
 
-    def _texts_per_image(self, prompts: list[str], negative_prompt, num_images_per_prompt: int):
+    def _texts_per_image(
+        self, prompts: list[str], negative_prompt, num_images_per_prompt: int, do_classifier_free_guidance: bool
+    ) -> tuple[list[str], list[str] | None]:
         """Each prompt repeated for its images; with CFG also the negative prompts (one, or one per prompt), likewise.
         Returns `(prompts, negatives or None)`."""
 
         def per_image(texts: list[str]) -> list[str]:
             return [text for text in texts for _ in range(num_images_per_prompt)]
 
-        if not self.do_classifier_free_guidance:
+        if not do_classifier_free_guidance:
             return per_image(prompts), None
         return per_image(prompts), per_image(self._check_prompts("negative_prompt", negative_prompt, len(prompts)))
 
-    def _rows(self, inputs, span_length: int) -> tuple[torch.LongTensor, torch.LongTensor]:
-        """Left-padded rows cut right after the target span, checked against the decoder's context."""
+    def _prompt_rows(
+        self, inputs, span_length: int, guided: bool, prompt_images: torch.Tensor | None = None
+    ) -> TunaPromptRows:
+        """Left-padded processor rows cut right after the target span, checked against the decoder's context."""
         input_ids = inputs["input_ids"][:, :-TOKENS_AFTER_TARGET_SPAN].to(self._execution_device)
         attention_mask = inputs["attention_mask"][:, :-TOKENS_AFTER_TARGET_SPAN].to(self._execution_device)
         context = self.transformer.config.text_config.max_position_embeddings
@@ -182,9 +236,35 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
                 f"`prompt` is too long: the sequence needs {longest} tokens ({span_length} for the image span), "
                 f"the model's context is {context} tokens."
             )
-        return input_ids, attention_mask
+        return TunaPromptRows(input_ids, attention_mask, span_length, guided, prompt_images)
 
-    def prepare_latents(self, shape, generator, latents=None) -> torch.Tensor:
+    def prefill_prompt_cache(self, rows: TunaPromptRows) -> TunaPromptCache:
+        """Run the rows' prompts (everything before the target span) once through the decoder and the flow head,
+        filling both caches (docs/architecture.md §7)."""
+        prompt, span = slice(None, rows.prompt_length), slice(rows.prompt_length, None)
+        decoder_cache = DynamicCache(config=self.transformer.config.text_config)
+        flow_head_cache = DynamicCache()
+        self.transformer(
+            input_ids=rows.input_ids[:, prompt],
+            attention_mask=rows.attention_mask[:, prompt],
+            position_ids=rows.position_ids[:, prompt],
+            image_latents=rows.prompt_images,
+            past_key_values=decoder_cache,
+            flow_head_past_key_values=flow_head_cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return TunaPromptCache(
+            decoder_cache=decoder_cache,
+            flow_head_cache=flow_head_cache,
+            input_ids=rows.input_ids[:, span],
+            attention_mask=rows.attention_mask,
+            position_ids=rows.position_ids[:, span],
+        )
+
+    def prepare_latents(
+        self, shape: tuple[int, ...], generator, latents: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Initial sample `[B, C, T, h, w]`: `latents` as given, else `noise_scale · N(0, 1)` (float32)."""
         if latents is not None:
             if tuple(latents.shape) != tuple(shape):
@@ -194,38 +274,6 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
             raise ValueError(f"Got {len(generator)} generators for {shape[0]} images.")
         noise = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=torch.float32)
         return noise * self.scheduler.init_noise_sigma
-
-    def _denoise(
-        self,
-        prompt_cache: TunaPromptCache,
-        latents: torch.Tensor,
-        num_inference_steps: int,
-        callback_on_step_end,
-        callback_on_step_end_tensor_inputs,
-    ) -> torch.Tensor:
-        """The sampling loop. The sample stays in float32 (the official Tuna sampler does so too); CFG rows are
-        `[conditional; unconditional]`, guided as `uncond + g · (cond − uncond)` on the model's prediction."""
-        dtype = self.transformer.dtype
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device, grid_dtype=dtype)
-        timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                rows = torch.cat([latents, latents]) if self.do_classifier_free_guidance else latents
-                prediction = prompt_cache.predict(rows.to(dtype), self.scheduler.flow_time(t).to(dtype)).float()
-                if self.do_classifier_free_guidance:
-                    cond, uncond = prediction.chunk(2)
-                    prediction = uncond + self.scheduler.guidance_scale_at(t, self.guidance_scale) * (cond - uncond)
-                latents = self.scheduler.step(prediction, t, latents, return_dict=False)[0]
-                if callback_on_step_end is not None:
-                    available = {"latents": latents}
-                    callback_kwargs = {name: available[name] for name in callback_on_step_end_tensor_inputs}
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
-                progress_bar.update()
-        return latents
 
     def decode(self, latents: torch.Tensor, output_type: str, video: bool = False):
         """

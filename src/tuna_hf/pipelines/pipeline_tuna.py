@@ -4,9 +4,9 @@ from collections.abc import Callable
 
 import torch
 
-from .base import TunaBasePipeline
+from .base import OUTPUT_TYPES, TunaBasePipeline
 from .pipeline_output import TunaPipelineOutput, TunaVideoPipelineOutput
-from .prompt_cache import TunaPromptCache
+from .prompt_cache import TunaPromptCache, TunaPromptRows
 
 # The negative prompt of the official text-to-image predict config (`configs/predict/t2i.yaml`). Pass it as
 # `negative_prompt` to reproduce the official runs; the official pipeline itself uses empty text when none is given.
@@ -33,7 +33,8 @@ class TunaPipeline(TunaBasePipeline):
 
     Each row is the official generation layout `<|im_start|> prompt <|vision_start|> [t] [image tokens]` (no chat
     template), the unconditional rows use `negative_prompt`. With `use_prompt_cache=True` (default) the prompt is run
-    once and only the image span at every step ([`TunaPromptCache`]).
+    once and only the image span at every step ([`TunaPromptCache`]). The components and sampling settings are those
+    of [`TunaBasePipeline`].
 
     Example:
     ```py
@@ -47,22 +48,56 @@ class TunaPipeline(TunaBasePipeline):
 
     def check_inputs(
         self,
-        prompt,
-        negative_prompt,
-        height,
-        width,
-        num_images_per_prompt,
-        latents,
-        output_type,
-        callback_inputs,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None,
+        height: int,
+        width: int,
+        num_images_per_prompt: int,
+        latents: torch.Tensor | None,
+        output_type: str,
+        callback_inputs: list[str] | None,
         num_frames: int = 1,
-    ) -> list[str]:
-        prompts = super().check_inputs(
-            prompt, negative_prompt, height, width, num_images_per_prompt, latents, output_type, callback_inputs
-        )
-        step = self.transformer.config.frames_per_latent_frame
-        if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % step:
-            raise ValueError(f"`num_frames` must be 1 + {step}·k for this model, got {num_frames}.")
+        prompt_rows: TunaPromptRows | None = None,
+        prompt_cache: TunaPromptCache | None = None,
+        use_prompt_cache: bool = True,
+    ) -> list[str] | None:
+        """Checks the call's arguments (an encoded prompt's consistency with this call too); returns the prompts as a
+        list (None for an encoded prompt)."""
+        if prompt_rows is None:
+            if prompt_cache is not None:
+                raise ValueError("`prompt_cache` belongs to the `prompt_rows` it was filled from: pass both.")
+            prompts = self._check_prompts("prompt", prompt)
+            if negative_prompt is not None:
+                self._check_prompts("negative_prompt", negative_prompt, len(prompts))
+        else:
+            if prompt is not None or negative_prompt is not None:
+                raise ValueError("Pass either `prompt` (and `negative_prompt`) or an encoded `prompt_rows`, not both.")
+            if prompt_rows.guided != self.do_classifier_free_guidance:
+                raise ValueError(
+                    f"`prompt_rows` were encoded {'with' if prompt_rows.guided else 'without'} unconditional rows, "
+                    f"but guidance_scale={self.guidance_scale} {'does not guide' if prompt_rows.guided else 'guides'}."
+                )
+            if prompt_cache is not None and not use_prompt_cache:
+                raise ValueError("A `prompt_cache` was given with `use_prompt_cache=False`.")
+            prompts = None
+        pixels = self.transformer.config.pixels_per_token
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value <= 0 or value % pixels:
+                raise ValueError(f"`{name}` must be a positive multiple of {pixels}, got {value}.")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt}.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if latents is not None and not torch.is_floating_point(latents):
+            raise TypeError(f"`latents` must be a floating point tensor, got {latents.dtype}.")
+        unknown = set(callback_inputs or []) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` must be in {self._callback_tensor_inputs}, got {sorted(unknown)}."
+            )
+        frames = self.transformer.config.frames_per_latent_frame
+        if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % frames:
+            raise ValueError(f"`num_frames` must be 1 + {frames}·k for this model, got {num_frames}.")
         if num_frames > 1 and self.transformer.config.variant != "tuna":
             raise ValueError(
                 f"Text-to-video needs the Tuna variant (Wan 2.2 VAE); this is {self.transformer.config.variant}."
@@ -71,25 +106,46 @@ class TunaPipeline(TunaBasePipeline):
 
     def encode_prompt(
         self,
-        prompt: list[str],
-        negative_prompt: str | list[str] | None,
-        height: int,
-        width: int,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
         num_frames: int = 1,
         num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
         use_prompt_cache: bool = True,
-    ) -> TunaPromptCache:
+    ) -> tuple[TunaPromptRows, TunaPromptCache | None]:
         """
-        Build the rows (`num_images_per_prompt` per prompt; with CFG the unconditional rows follow, empty text for a
-        missing negative prompt as in the official `prepare_gen_input`) and run their prompts through the model.
+        The rows of `prompt` in the official layout and, with `use_prompt_cache`, their prompts run once.
+
+        Args:
+            prompt (`str` or `list[str]`): what to generate.
+            negative_prompt (`str` or `list[str]`, *optional*): the unconditional rows' text; empty text when not
+                given, as in the official `prepare_gen_input`.
+            height, width (`int`, *optional*): the image size; default the processor's `size`.
+            num_frames (`int`, defaults to 1): video frames (1 + 4k, Tuna only).
+            num_images_per_prompt (`int`, defaults to 1): rows per prompt.
+            do_classifier_free_guidance (`bool`, defaults to True): add the unconditional rows.
+            use_prompt_cache (`bool`, defaults to True): also fill the [`TunaPromptCache`].
+
+        Returns `(prompt_rows, prompt_cache or None)`, which `__call__` takes as `prompt_rows=` / `prompt_cache=`.
         """
-        prompts, negatives = self._texts_per_image(prompt, negative_prompt or "", num_images_per_prompt)
+        height, width = self._default_size(height, width)
+        prompts = self._check_prompts("prompt", prompt)
+        prompts, negatives = self._texts_per_image(
+            prompts, negative_prompt or "", num_images_per_prompt, do_classifier_free_guidance
+        )
         inputs = self.processor.build_generation_inputs(
             prompts, negatives, height=height, width=width, num_frames=num_frames, padding_side="left"
         )
         span_length = self.processor.num_image_tokens(height, width, num_frames=num_frames)
-        input_ids, attention_mask = self._rows(inputs, span_length)
-        return TunaPromptCache(self.transformer, input_ids, attention_mask, span_length, enabled=use_prompt_cache)
+        rows = self._prompt_rows(inputs, span_length, guided=negatives is not None)
+        return rows, self.prefill_prompt_cache(rows) if use_prompt_cache else None
+
+    def guidance_scale_at(self, flow_time: float) -> float:
+        """This call's guidance scale inside `guidance_interval`, 1 (the conditional prediction) outside it."""
+        low, high = self.config.guidance_interval
+        return self.guidance_scale if flow_time < high and (low == 0 or flow_time > low) else 1.0
 
     @torch.no_grad()
     def __call__(
@@ -107,6 +163,8 @@ class TunaPipeline(TunaBasePipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         use_prompt_cache: bool = True,
+        prompt_rows: TunaPromptRows | None = None,
+        prompt_cache: TunaPromptCache | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> TunaPipelineOutput | TunaVideoPipelineOutput | tuple:
@@ -119,10 +177,10 @@ class TunaPipeline(TunaBasePipeline):
             num_frames (`int`, defaults to 1): video frames (1 + 4k, Tuna only); > 1 returns a video.
             num_inference_steps (`int`, defaults to 50): the official step count (Tuna: grid points, 49 model calls
                 for 50; Tuna-R/Tuna-2: intervals, 50 calls with Euler, 99 with Heun).
-            guidance_scale (`float`, *optional*): classifier-free guidance; default the scheduler's
-                `guidance_scale` (`video_guidance_scale` for videos), the variant's official default. As in the
-                official samplers, any positive scale guides (`uncond + g · (cond − uncond)`, so 0 < g < 1 leans
-                towards the negative prompt); 0 and 1 give the conditional prediction alone.
+            guidance_scale (`float`, *optional*): classifier-free guidance; default the pipeline's `guidance_scale`
+                (`video_guidance_scale` for videos), the variant's official default unless the repository says
+                otherwise. As in the official samplers, any positive scale guides (`uncond + g · (cond − uncond)`, so
+                0 < g < 1 leans towards the negative prompt); 0 and 1 give the conditional prediction alone.
             num_images_per_prompt (`int`, defaults to 1): samples per prompt.
             generator (`torch.Generator` or list, *optional*): for the initial noise.
             latents (`torch.Tensor` `[B, C, T, h, w]`, *optional*): the initial sample exactly as the first model
@@ -133,11 +191,19 @@ class TunaPipeline(TunaBasePipeline):
                 [`TunaVideoPipelineOutput`] (videos) rather than a tuple.
             use_prompt_cache (`bool`, defaults to True): compute the prompt once per call (False recomputes it at
                 every step as the official code; same result within float tolerance).
+            prompt_rows ([`TunaPromptRows`], *optional*): an encoded prompt ([`~TunaPipeline.encode_prompt`]) instead
+                of `prompt`; `num_images_per_prompt` is then the rows'.
+            prompt_cache ([`TunaPromptCache`], *optional*): the cache filled for `prompt_rows`; each step crops it
+                back, so it serves the next call too.
             callback_on_step_end (`Callable`, *optional*): called after every model call as
                 `callback_on_step_end(pipe, i, t, {name: tensor})`; may return a new `"latents"`.
             callback_on_step_end_tensor_inputs (`list[str]`): the tensors passed to the callback.
         """
+        # 1. Check inputs; this call's guidance
         height, width = self._default_size(height, width)
+        video = num_frames > 1
+        default_guidance = self.config.video_guidance_scale if video else self.config.guidance_scale
+        self._set_guidance_scale(guidance_scale, default_guidance, negative_prompt)
         prompts = self.check_inputs(
             prompt,
             negative_prompt,
@@ -148,30 +214,99 @@ class TunaPipeline(TunaBasePipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
             num_frames=num_frames,
+            prompt_rows=prompt_rows,
+            prompt_cache=prompt_cache,
+            use_prompt_cache=use_prompt_cache,
         )
-        video = num_frames > 1
-        defaults = self.scheduler.config
-        default_guidance = defaults.video_guidance_scale if video else defaults.guidance_scale
-        self._set_guidance_scale(guidance_scale, default_guidance, negative_prompt)
         self._interrupt = False
+        device, dtype = self._execution_device, self.transformer.dtype
 
-        prompt_cache = self.encode_prompt(
-            prompts, negative_prompt, height, width, num_frames, num_images_per_prompt, use_prompt_cache
-        )
+        # 2. Encode the prompt: the rows of the official layout and, with prompt caching, their prefix run once
+        if prompt_rows is None:
+            prompt_rows, prompt_cache = self.encode_prompt(
+                prompts,
+                negative_prompt,
+                height,
+                width,
+                num_frames,
+                num_images_per_prompt,
+                self.do_classifier_free_guidance,
+                use_prompt_cache,
+            )
+        elif use_prompt_cache and prompt_cache is None:
+            prompt_cache = self.prefill_prompt_cache(prompt_rows)
+
+        # 3. Prepare latents
         config = self.transformer.config
-        latent_frames = 1 + (num_frames - 1) // config.frames_per_latent_frame
         shape = (
-            len(prompts) * num_images_per_prompt,
+            prompt_rows.batch_size,
             config.latent_channels,
-            latent_frames,
+            1 + (num_frames - 1) // config.frames_per_latent_frame,
             height // self.vae_scale_factor,
             width // self.vae_scale_factor,
         )
         latents = self.prepare_latents(shape, generator, latents)
-        latents = self._denoise(
-            prompt_cache, latents, num_inference_steps, callback_on_step_end, callback_on_step_end_tensor_inputs
-        )
+
+        # 4. Prepare timesteps, on a scheduler of this call's own (the loop's state stays out of the shared one)
+        scheduler = self.scheduler.from_config(self.scheduler.config)
+        scheduler.set_timesteps(num_inference_steps, device=device, grid_dtype=dtype)
+        timesteps = scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+
+        # 5. Denoising loop. The sample stays in float32 (the official Tuna sampler does so too); CFG rows are
+        # `[conditional; unconditional]`, guided on the model's prediction.
+        with self.progress_bar(total=len(scheduler.sigmas) - 1) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                flow_time = 1 - t / scheduler.config.num_train_timesteps  # TUNA's time: t = 1 is clean
+                latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                latent_model_input = latent_model_input.to(dtype)
+                timestep = flow_time.to(dtype).expand(latent_model_input.shape[0])
+                if prompt_cache is not None:  # only the image spans, on top of the cached prompts
+                    noise_pred = self.transformer(
+                        input_ids=prompt_cache.input_ids,
+                        attention_mask=prompt_cache.attention_mask,
+                        position_ids=prompt_cache.position_ids,
+                        image_latents=latent_model_input,
+                        timesteps=timestep,
+                        past_key_values=prompt_cache.decoder_cache,
+                        flow_head_past_key_values=prompt_cache.flow_head_cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    ).flow_prediction
+                    prompt_cache.crop()
+                else:  # the whole rows, as the official sampler
+                    noise_pred = self.transformer(
+                        input_ids=prompt_rows.input_ids,
+                        attention_mask=prompt_rows.attention_mask,
+                        position_ids=prompt_rows.position_ids,
+                        image_latents=prompt_rows.images_with(latent_model_input),
+                        timesteps=prompt_rows.timesteps_with(timestep),
+                        logits_to_keep=1,
+                    ).flow_prediction
+                    noise_pred = prompt_rows.target_prediction(noise_pred)
+                noise_pred = noise_pred.float()
+                if self.do_classifier_free_guidance:
+                    noise_pred_cond, noise_pred_uncond = noise_pred.chunk(2)
+                    scale = self.guidance_scale_at(float(flow_time))
+                    noise_pred = noise_pred_uncond + scale * (noise_pred_cond - noise_pred_uncond)
+
+                latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for name in callback_on_step_end_tensor_inputs:
+                        callback_kwargs[name] = locals()[name]
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                if i == len(timesteps) - 1 or (i + 1) % scheduler.order == 0:
+                    progress_bar.update()
+
+        # 6. Decode
         output = self.decode(latents, output_type, video=video)
+
+        # 7. Offload all models
         self.maybe_free_model_hooks()
         if not return_dict:
             return (output,)

@@ -6,12 +6,12 @@ import PIL.Image
 import torch
 from transformers.image_utils import ImageInput, make_flat_list_of_images
 
-from .base import TunaBasePipeline
 from .pipeline_output import TunaPipelineOutput
-from .prompt_cache import TunaPromptCache
+from .pipeline_tuna import TunaPipeline
+from .prompt_cache import TunaPromptCache, TunaPromptRows
 
 
-class TunaEditPipeline(TunaBasePipeline):
+class TunaEditPipeline(TunaPipeline):
     r"""
     Image editing: each row is the official layout `<|im_start|> <|vision_start|> [1] [source tokens]
     <|vision_end|> instruction <|vision_start|> [t] [target tokens]`. The source enters clean, at t = 1, in both the
@@ -49,26 +49,38 @@ class TunaEditPipeline(TunaBasePipeline):
 
     def encode_prompt(
         self,
-        prompt: list[str],
+        prompt: str | list[str],
         negative_prompt: str | list[str] | None,
         source_latents: torch.Tensor,
         height: int,
         width: int,
         num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
         use_prompt_cache: bool = True,
-    ) -> TunaPromptCache:
-        """Rows (`num_images_per_prompt` per instruction, then the unconditional rows) with their source image."""
+    ) -> tuple[TunaPromptRows, TunaPromptCache | None]:
+        """
+        The rows of the instructions with their source images and, with `use_prompt_cache`, their prompts run once.
+
+        Args:
+            prompt (`str` or `list[str]`): the editing instruction(s).
+            negative_prompt (`str` or `list[str]`, *optional*): the unconditional rows' text; default the pipeline's
+                `edit_negative_prompt`.
+            source_latents (`torch.Tensor` `[len(prompt), C, 1, h, w]`): each instruction's source in the flow space.
+            height, width (`int`): the image size.
+            num_images_per_prompt (`int`, defaults to 1): rows per instruction.
+            do_classifier_free_guidance (`bool`, defaults to True): add the unconditional rows (same sources).
+            use_prompt_cache (`bool`, defaults to True): also fill the [`TunaPromptCache`].
+        """
+        prompts = self._check_prompts("prompt", prompt)
         negative = self.config.edit_negative_prompt if negative_prompt is None else negative_prompt
-        prompts, negatives = self._texts_per_image(prompt, negative, num_images_per_prompt)
+        prompts, negatives = self._texts_per_image(prompts, negative, num_images_per_prompt, do_classifier_free_guidance)
         sources = source_latents.repeat_interleave(num_images_per_prompt, dim=0)
         if negatives is not None:
             sources = torch.cat([sources, sources])
         inputs = self.processor.build_edit_inputs(prompts, negatives, height=height, width=width, padding_side="left")
         span_length = self.processor.num_image_tokens(height, width)
-        input_ids, attention_mask = self._rows(inputs, span_length)
-        return TunaPromptCache(
-            self.transformer, input_ids, attention_mask, span_length, prompt_images=sources, enabled=use_prompt_cache
-        )
+        rows = self._prompt_rows(inputs, span_length, guided=negatives is not None, prompt_images=sources)
+        return rows, self.prefill_prompt_cache(rows) if use_prompt_cache else None
 
     def _source_size(self, image: ImageInput | None, image_latents: torch.Tensor | None) -> tuple[int, int]:
         """The source's size, rounded down to the model's multiple of 16 pixels."""
@@ -111,13 +123,15 @@ class TunaEditPipeline(TunaBasePipeline):
                 (e.g. a cached VAE sample), instead of `image`.
             height, width (`int`, *optional*): the output (and source) size; default the source's size rounded down
                 to a multiple of 16.
-            The other arguments are those of [`TunaPipeline.__call__`]; `guidance_scale` defaults to the scheduler's
+            The other arguments are those of [`TunaPipeline.__call__`]; `guidance_scale` defaults to the pipeline's
             `edit_guidance_scale`.
         """
+        # 1. Check inputs; this call's guidance
         if (image is None) == (image_latents is None):
             raise ValueError("Pass exactly one of `image` and `image_latents`.")
         source_height, source_width = self._source_size(image, image_latents)
         height, width = height or source_height, width or source_width
+        self._set_guidance_scale(guidance_scale, self.config.edit_guidance_scale, negative_prompt)
         prompts = self.check_inputs(
             prompt,
             negative_prompt,
@@ -128,20 +142,35 @@ class TunaEditPipeline(TunaBasePipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
         )
-        self._set_guidance_scale(guidance_scale, self.scheduler.config.edit_guidance_scale, negative_prompt)
-        self._interrupt = False
 
+        # 2. Encode the source images in the flow space
         sources = self.prepare_image_latents(image, image_latents, height, width, len(prompts), generator)
-        prompt_cache = self.encode_prompt(
-            prompts, negative_prompt, sources, height, width, num_images_per_prompt, use_prompt_cache
+
+        # 3. Encode the instructions with their sources: the rows and, with prompt caching, their prefix run once
+        prompt_rows, prompt_cache = self.encode_prompt(
+            prompts,
+            negative_prompt,
+            sources,
+            height,
+            width,
+            num_images_per_prompt,
+            self.do_classifier_free_guidance,
+            use_prompt_cache,
         )
-        shape = (len(prompts) * num_images_per_prompt, *sources.shape[1:])
-        latents = self.prepare_latents(shape, generator, latents)
-        latents = self._denoise(
-            prompt_cache, latents, num_inference_steps, callback_on_step_end, callback_on_step_end_tensor_inputs
+
+        # 4.–7. Prepare latents and timesteps, denoise, decode and offload: text-to-image's steps on these rows
+        return super().__call__(
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=self.guidance_scale,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+            return_dict=return_dict,
+            use_prompt_cache=use_prompt_cache,
+            prompt_rows=prompt_rows,
+            prompt_cache=prompt_cache,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
-        output = self.decode(latents, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (output,)
-        return TunaPipelineOutput(images=output)

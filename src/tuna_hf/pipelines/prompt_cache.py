@@ -1,98 +1,91 @@
-"""Prompt caching across denoising steps (anatomy §9).
+"""The prompt of a denoising call, and its cache across the denoising steps (docs/architecture.md §7).
 
 Everything before the image being generated (the text prompt and, when editing, the clean source image at t = 1)
 attends only to earlier tokens, in the decoder and in the flow head, where its AdaLN is the identity (text) or uses
-t = 1 (the source). Its keys and values therefore do not depend on the sample or on t. They are computed once per
-call, and each denoising step runs only the image span (timestep slot + image tokens) of every row. The tokens the
-official layout puts after that span (`<|vision_end|>`, `<|im_end|>`, padding) are never attended by it, so they are
-dropped. Conditional and unconditional rows share one forward.
+t = 1 (the source). Its keys and values therefore do not depend on the sample or on t: the pipelines run it once per
+call ([`TunaPromptCache`]), and each denoising step runs only the image span (timestep slot + image tokens) of every
+row on top. The tokens the official layout puts after that span (`<|vision_end|>`, `<|im_end|>`, padding) are never
+attended by it, so they are dropped ([`TunaPromptRows`]). Conditional and unconditional rows share one forward.
 """
 
+from dataclasses import dataclass
+
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
 
-class TunaPromptCache:
+@dataclass
+class TunaPromptRows:
     """
-    Flow predictions for rows that end with the span of the image being denoised.
+    One call's rows in the official layout, left-padded and cut right after the span of the image being denoised.
 
     Args:
-        transformer ([`TunaForUnifiedMultimodal`]): the model.
-        input_ids (`torch.LongTensor` `[R, L]`): left-padded rows whose last `span_length` tokens are the target span.
+        input_ids (`torch.LongTensor` `[R, L]`): the rows; the last `span_length` tokens are the target span.
         attention_mask (`torch.LongTensor` `[R, L]`): 0 on the left padding. Positions count real tokens only, so
             each row sees the positions of the official right-padded layout.
         span_length (`int`): 1 timestep slot + the image tokens of the target.
+        guided (`bool`): the second half of the rows are the unconditional ones (classifier-free guidance).
         prompt_images (`torch.Tensor` `[R, C, T, h, w]`, *optional*): a clean image inside each row's prompt (the
             edit source), in the flow space, at t = 1.
-        enabled (`bool`): False recomputes the whole sequence at every step (the official behaviour; for checks).
     """
 
-    def __init__(self, transformer, input_ids, attention_mask, span_length: int, prompt_images=None, enabled=True):
-        self.transformer = transformer
-        self.input_ids = input_ids
-        self.attention_mask = attention_mask
-        self.position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        self.span_length = span_length
-        self.prompt_images = prompt_images
-        self.enabled = enabled
-        if enabled:
-            self.decoder_cache, self.flow_head_cache = self._encode_prompt()
+    input_ids: torch.LongTensor
+    attention_mask: torch.LongTensor
+    span_length: int
+    guided: bool
+    prompt_images: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.position_ids = (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
 
     @property
     def prompt_length(self) -> int:
         return self.input_ids.shape[1] - self.span_length
 
-    def _encode_prompt(self) -> tuple[DynamicCache, DynamicCache]:
-        prompt = slice(None, self.prompt_length)
-        decoder_cache = DynamicCache(config=self.transformer.config.text_config)
-        flow_head_cache = DynamicCache()
-        self.transformer(
-            input_ids=self.input_ids[:, prompt],
-            attention_mask=self.attention_mask[:, prompt],
-            position_ids=self.position_ids[:, prompt],
-            image_latents=self.prompt_images,
-            past_key_values=decoder_cache,
-            flow_head_past_key_values=flow_head_cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return decoder_cache, flow_head_cache
+    @property
+    def batch_size(self) -> int:
+        """Samples drawn from these rows: the conditional rows."""
+        return self.input_ids.shape[0] // (2 if self.guided else 1)
 
-    def predict(self, latents: torch.Tensor, flow_time: torch.Tensor) -> torch.Tensor:
-        """The flow prediction `[R, C, T, h, w]` for the samples `latents` (one per row) at TUNA time `flow_time`."""
-        if self.enabled:
-            return self._predict_span(latents, flow_time)
-        return self._predict_full_sequence(latents, flow_time)
+    def images_with(self, latents: torch.Tensor) -> torch.Tensor:
+        """Every image of the rows in span order: each row's prompt image (if any), then its sample from `latents`."""
+        if self.prompt_images is None:
+            return latents
+        return torch.stack([self.prompt_images.to(latents.dtype), latents], dim=1).flatten(0, 1)
 
-    def _predict_span(self, latents, flow_time):
-        span = slice(self.prompt_length, None)
-        outputs = self.transformer(
-            input_ids=self.input_ids[:, span],
-            attention_mask=self.attention_mask,
-            position_ids=self.position_ids[:, span],
-            image_latents=latents,
-            timesteps=flow_time.expand(latents.shape[0]),
-            past_key_values=self.decoder_cache,
-            flow_head_past_key_values=self.flow_head_cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self.decoder_cache.crop(-self.span_length)
-        self.flow_head_cache.crop(-self.span_length)
-        return outputs.flow_prediction
+    def timesteps_with(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The flow times of `images_with`'s images: 1 for the clean prompt images."""
+        if self.prompt_images is None:
+            return timesteps
+        return torch.stack([torch.ones_like(timesteps), timesteps], dim=1).flatten()
 
-    def _predict_full_sequence(self, latents, flow_time):
-        timesteps = flow_time.expand(latents.shape[0])
-        if self.prompt_images is not None:
-            latents = torch.stack([self.prompt_images, latents], dim=1).flatten(0, 1)
-            timesteps = torch.stack([torch.ones_like(timesteps), timesteps], dim=1).flatten()
-        outputs = self.transformer(
-            input_ids=self.input_ids,
-            attention_mask=self.attention_mask,
-            position_ids=self.position_ids,
-            image_latents=latents,
-            timesteps=timesteps,
-            logits_to_keep=1,
-        )
-        prediction = outputs.flow_prediction
-        return prediction[1::2] if self.prompt_images is not None else prediction
+    def target_prediction(self, flow_prediction: torch.Tensor) -> torch.Tensor:
+        """The prediction for each row's last image, the one being denoised."""
+        return flow_prediction.unflatten(0, (self.input_ids.shape[0], -1))[:, -1]
+
+
+@dataclass
+class TunaPromptCache:
+    """
+    The rows' prompts run once: the decoder's and the flow head's key/value caches of everything before the target
+    span, and what each denoising step passes with its span on top.
+
+    Args:
+        decoder_cache (`Cache`): the decoder's keys and values of the prompts.
+        flow_head_cache (`Cache`): the flow head's, aligned with `decoder_cache`.
+        input_ids (`torch.LongTensor` `[R, span_length]`): the target span of every row.
+        attention_mask (`torch.LongTensor` `[R, L]`): the padding mask of the whole rows.
+        position_ids (`torch.LongTensor` `[R, span_length]`): the positions of the target span.
+    """
+
+    decoder_cache: Cache
+    flow_head_cache: Cache
+    input_ids: torch.LongTensor
+    attention_mask: torch.LongTensor
+    position_ids: torch.LongTensor
+
+    def crop(self) -> None:
+        """Drop the span a denoising step appended: the caches hold the prompts again."""
+        span_length = self.input_ids.shape[1]
+        self.decoder_cache.crop(-span_length)
+        self.flow_head_cache.crop(-span_length)
