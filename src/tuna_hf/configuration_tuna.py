@@ -9,7 +9,7 @@ PREDICTION_TYPES = ("velocity", "x0")
 # Tuna predicts the flow velocity in Wan 2.2 latent space; Tuna-R / Tuna-2 predict clean pixels (JiT x0).
 DEFAULT_PREDICTION_TYPE = {"vae_siglip": "velocity", "siglip": "x0", "patch": "x0"}
 VARIANT_NAMES = {"vae_siglip": "tuna", "siglip": "tuna_r", "patch": "tuna_2"}
-# Official training coefficients and noise (model YAMLs, anatomy §1.1): Tuna weighs the text loss by 0.2, and the
+# Official training coefficients and noise (model YAMLs; docs/architecture.md §8): Tuna weighs the text loss by 0.2, and the
 # pixel variants draw their noise with std 2 (JiT `noise_scale`).
 DEFAULT_NTP_COEFF = {"vae_siglip": 0.2, "siglip": 1.0, "patch": 1.0}
 DEFAULT_NOISE_SCALE = {"vae_siglip": 1.0, "siglip": 2.0, "patch": 2.0}
@@ -32,7 +32,7 @@ class TunaFlowHeadConfig(PreTrainedConfig):
 
     Text positions get a 1-D rotate-half RoPE (`rope_parameters`, llama3-scaled), image positions a 3-D RoPE on the
     (frame, row, column) token grid with base `image_rope_theta` (head_dim split 1/4 : 3/8 : 3/8), and the timestep slot
-    none (TUNA paper §3.2; official `apply_rope_image3d_text1d`).
+    none (docs/architecture.md §4; official `apply_rope_image3d_text1d`).
     """
 
     model_type = "tuna_flow_head"

@@ -1,7 +1,7 @@
 """The official checkpoints (facebookresearch/tuna-2) in our terms: their model config and state-dict keys, and the
 converter that turns one into a pipeline repository (`python conversion/convert_official.py --help`).
 
-Official inner-model keys (`tuna.model.*`, `diffusion_head_a.*`, …, see the anatomy §1.3) are renamed to ours; the
+Official inner-model keys (`tuna.model.*`, `diffusion_head_a.*`, …; docs/architecture.md §10) are renamed to ours; the
 Wan 2.2 VAE (`vae.model.*`, Tuna only) is converted to the diffusers `AutoencoderKLWan` layout.
 """
 
@@ -256,7 +256,7 @@ def base_llm_layers(base_llm, layers: list[int]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def initialize_flow_head_block(layer) -> None:
-    """The official fresh init of a flow-head block (anatomy §1.4): PyTorch-default Linears, zero AdaLN, unit norms."""
+    """The official fresh init of a flow-head block (docs/architecture.md §10): PyTorch-default Linears, zero AdaLN, unit norms."""
     for module in layer.modules():
         if isinstance(module, torch.nn.Linear):
             module.reset_parameters()

@@ -3,8 +3,9 @@
 One sequence holds text and image spans. A span is `[timestep slot, image token 1 … image token N]` (all
 `<|image_pad|>` in `input_ids`, between `<|vision_start|>` and `<|vision_end|>`): the slot carries the embedding of
 the flow time t (t = 1 clean, 0 noise), the tokens the visual features (docs/architecture.md §2). Attention is causal,
-plus bidirectional inside each span (§3). The LM head answers in text; the flow head reads the decoder's final hidden
-states and predicts, per image token, the velocity (Tuna) or the clean pixels (Tuna-R/Tuna-2) (§5).
+plus bidirectional inside each span (docs/architecture.md §3). The LM head answers in text; the flow head reads the
+decoder's final hidden states and predicts, per image token, the velocity (Tuna) or the clean pixels (Tuna-R/Tuna-2)
+(docs/architecture.md §5).
 """
 
 import math

@@ -2,7 +2,7 @@
 
 Each preset holds what the official model YAML (`configs/model/*.yaml` of facebookresearch/tuna-2) contributes to the
 architecture and to training (masking, understanding noise), and the configs of the pretrained parts it names: the
-Qwen2.5-Instruct LLM and, for Tuna and Tuna-R, SigLIP2 so400m-patch16-384 (anatomy §1.1–1.2). The Wan 2.2 VAE uses
+Qwen2.5-Instruct LLM and, for Tuna and Tuna-R, SigLIP2 so400m-patch16-384 (docs/architecture.md §1, §10). The Wan 2.2 VAE uses
 `wan22_vae_config()`'s defaults.
 """
 

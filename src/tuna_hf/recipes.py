@@ -1,6 +1,6 @@
 """Named training recipes: which parameters train, with which learning rate, full or LoRA.
 
-* `stage1` (TUNA paper §3.3): the LLM is frozen; the visual encoder, connector, timestep embedder, mask token and
+* `stage1` (the TUNA paper's first stage; docs/architecture.md §8): the LLM is frozen; the visual encoder, connector, timestep embedder, mask token and
   flow head train.
 * `stage2`: everything but the VAE (the official `frozen_params: ['vae']`), at the official 2e-5.
 * `sft`: as stage 2 with a lower learning rate.

@@ -110,7 +110,7 @@ def convert_wan22_vae_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
     return converted
 
 
-# TUNA normalisation quirk (official-anatomy 3.2; official `wan22_vae.py` sets WAN_VAE_2_2_MEAN = WAN_VAE_2_2_STD):
+# TUNA normalisation quirk (docs/architecture.md §11; official `wan22_vae.py` sets WAN_VAE_2_2_MEAN = WAN_VAE_2_2_STD):
 # the per-channel std is used as *both* shift and scale, and the checkpoints were trained that way.
 def _channel_view(values: Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     values = torch.as_tensor(values, dtype=like.dtype, device=like.device)

@@ -1,4 +1,4 @@
-"""LoRA loading for the TUNA pipelines, whose `transformer` is a transformers model (hf-ecosystem §3.3).
+"""LoRA loading for the TUNA pipelines, whose `transformer` is a transformers model (docs/architecture.md §9).
 
 Diffusers' `LoraBaseMixin` already handles transformers models in `set_adapters`, `fuse_lora`, `unfuse_lora`,
 `disable_lora`, `enable_lora`, `delete_adapters` and `unload_lora_weights`; only loading and saving are TUNA-specific.
