@@ -41,7 +41,8 @@ def main():
         uncached, uncached_seconds = timed_generate(model, inputs, args.new_tokens, False)
     assert torch.equal(cached, uncached), "cached and uncached greedy answers differ"
     print(
-        f"prompt {inputs['input_ids'].shape[1]} tokens, {args.new_tokens} new tokens, threads {torch.get_num_threads()}"
+        f"prompt {inputs['input_ids'].shape[1]} tokens, {args.new_tokens} new tokens, "
+        f"threads {torch.get_num_threads()}"
     )
     print(f"with KV cache:    {cached_seconds:.3f} s")
     print(f"without KV cache: {uncached_seconds:.3f} s")

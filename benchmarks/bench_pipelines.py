@@ -3,8 +3,8 @@
 Run by hand: `python benchmarks/bench_pipelines.py [--variant tuna_2] [--size 512] [--steps 50] [--layers 4]`.
 A random tiny-but-deeper TUNA samples one text-to-image prompt and one edit with CFG three ways:
 * `official`: every model call runs both rows over the whole sequence padded to the official fixed length
-  (text-to-image 2,048 tokens for Tuna-R/Tuna-2 up to 512², 8,192 for Tuna; editing 4,096 / 3,072; the official `get_hyper_params`),
-  as the official pipelines do;
+  (text-to-image 2,048 tokens for Tuna-R/Tuna-2 up to 512², 8,192 for Tuna; editing 4,096 / 3,072; the official
+  `get_hyper_params`), as the official pipelines do;
 * `uncached`: `use_prompt_cache=False`, the prompt and the image span at every call, no trailing padding;
 * `cached`: the default, the prompt once and only the image span per call.
 It prints seconds per image, peak resident memory above the model's, the speed-ups, and checks that the three

@@ -4,8 +4,8 @@
         [--official-sampler] [--guidance-interval LOW HIGH] [--edit-negative-prompt TEXT]
 
 T2I and VQA run over the 162 scenes (VQA: 3 questions each), editing over the fixed 162-item edit set
-(`tuna_hf.demo.shapes_bench.bench_edits`); `--subset N` keeps N items per task (`tuna_hf.demo.shapes_bench.bench_subset`, balanced over
-positions and edited attributes; CI uses 27). Scores are read back from the pixels (`tuna_hf.demo.shapes_bench.read_scene`);
+(`tuna_hf.demo.shapes_bench.bench_edits`); `--subset N` keeps N items per task (`shapes_bench.bench_subset`, balanced
+over positions and edited attributes; CI uses 27). Scores are read back from the pixels (`shapes_bench.read_scene`);
 they also go to `--output` as JSON. By default the checkpoint's own sampling settings are used; `--official-sampler`
 replaces them by the variant's official predict defaults, the other two flags override single settings.
 """

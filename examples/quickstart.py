@@ -48,7 +48,7 @@ def labelled_grid(images: list[Image.Image], labels: list[str], columns: int) ->
     sheet = Image.new("RGB", (GAP + columns * pitch_x, GAP + rows * pitch_y), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=16)
-    for index, (image, label) in enumerate(zip(images, labels)):
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         x, y = GAP + index % columns * pitch_x, GAP + index // columns * pitch_y
         sheet.paste(image.resize((CELL, CELL), Image.NEAREST), (x, y))
         draw.rectangle((x - 1, y - 1, x + CELL, y + CELL), outline=(170, 170, 170))
@@ -83,16 +83,15 @@ def main():
     scene.draw().resize((CELL, CELL), Image.NEAREST).save(args.output_dir / "question.png")
     report.append(f"\nVQA on question.png ({scene.caption}):")
     for attribute, question in QUESTIONS.items():
-        report.append(
-            f"  Q: {question}  A: {answer(model, processor, scene.draw(), question)}  (truth: {scene.answer(attribute)})"
-        )
+        reply = answer(model, processor, scene.draw(), question)
+        report.append(f"  Q: {question}  A: {reply}  (truth: {scene.answer(attribute)})")
 
     pipe = TunaPipeline.from_pretrained(args.model, dtype=torch.float32)
     generator = torch.Generator().manual_seed(args.seed)
     prompts = [scene.caption for scene in GRID]  # the world's own wording: "a {color} {shape} at the {position}"
     images = pipe(prompts, num_inference_steps=args.steps, generator=generator).images
     labelled_grid(images, prompts, columns=3).save(args.output_dir / "text_to_image.png")
-    right = sum(read_scene(image).matches(scene) for image, scene in zip(images, GRID))
+    right = sum(read_scene(image).matches(scene) for image, scene in zip(images, GRID, strict=True))
     report.append(f"\ntext-to-image: text_to_image.png, {right}/{len(GRID)} read back right")
 
     edit = TunaEditPipeline.from_pipe(pipe)
@@ -101,10 +100,10 @@ def main():
     edited = edit(
         sources, instructions, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed)
     ).images
-    pairs = [image for pair in zip(sources, edited) for image in pair]
+    pairs = [image for pair in zip(sources, edited, strict=True) for image in pair]
     labels = [text for change in EDITS for text in (change.source.caption, change.instruction)]
     labelled_grid(pairs, labels, columns=2).save(args.output_dir / "edit.png")
-    right = sum(edit_is_right(image, change) for image, change in zip(edited, EDITS))
+    right = sum(edit_is_right(image, change) for image, change in zip(edited, EDITS, strict=True))
     report.append(f"editing: edit.png ({', '.join(instructions)}), {right}/{len(EDITS)} read back right")
 
     (args.output_dir / "report.txt").write_text("\n".join(report) + "\n")

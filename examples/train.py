@@ -8,8 +8,9 @@ Mixed batches of understanding, text-to-image, editing and video samples (the of
 (`loss = ntp_coeff · ntp + flow_coeff · flow`), a named recipe (`tuna_hf.recipes`), AdamW with the official
 betas/weight decay, linear warm-up, gradient clipping 1.0, gradient accumulation, optional gradient checkpointing, an
 optional EMA of the weights (`--ema-decay`), checkpoints every `--checkpointing-steps` (`--resume-from` continues the
-same run), losses logged to `OUTPUT/log.jsonl`, sample images every `--sample-every` steps. The result is a pipeline repository (full recipes) or a PEFT adapter (LoRA
-recipes) that `AutoModelForImageTextToText` (`load_adapter`) and `TunaPipeline.load_lora_weights` both load.
+same run), losses logged to `OUTPUT/log.jsonl`, sample images every `--sample-every` steps. The result is a pipeline
+repository (full recipes) or a PEFT adapter (LoRA recipes) that `AutoModelForImageTextToText` (`load_adapter`) and
+`TunaPipeline.load_lora_weights` both load.
 """
 
 import argparse
@@ -169,7 +170,7 @@ def write_samples(accelerator, model, pipeline, args, step: int) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
-    # Without GPUs, processes started by torchrun form a gloo group (MULTI_CPU), see examples/accelerate/multi_cpu.yaml.
+    # Without GPUs, processes started by torchrun form a gloo group (MULTI_CPU): examples/accelerate/multi_cpu.yaml.
     # A batch without images (or without text labels) leaves the flow head (or parts of the decoder's inputs) unused.
     unused = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator = Accelerator(
@@ -193,7 +194,7 @@ def main(argv=None):
     collator = TunaDataCollator(pipeline.processor)
     groups = dataset.buckets
     if args.group_by_task:
-        groups = [(bucket, record["task"]) for bucket, record in zip(dataset.buckets, dataset.records)]
+        groups = [(bucket, record["task"]) for bucket, record in zip(dataset.buckets, dataset.records, strict=True)]
     sampler = ResolutionBucketSampler(groups, args.batch_size, seed=args.seed)
     # A loader generator of its own: each new epoch iterator draws a seed from it, not from the global RNG that the
     # model's noise and masking use (else a resumed run's first iterator would shift that RNG).

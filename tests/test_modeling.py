@@ -116,7 +116,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 root = {str(tmp_path)!r}
 assert type(AutoConfig.from_pretrained(root, subfolder="transformer")).__name__ == "TunaConfig"
 assert type(AutoModel.from_pretrained(root, subfolder="transformer")).__name__ == "TunaModel"
-assert type(AutoModelForImageTextToText.from_pretrained(root, subfolder="transformer")).__name__ == "TunaForUnifiedMultimodal"
+generator = AutoModelForImageTextToText.from_pretrained(root, subfolder="transformer")
+assert type(generator).__name__ == "TunaForUnifiedMultimodal"
 assert type(AutoProcessor.from_pretrained(root, subfolder="processor")).__name__ == "TunaProcessor"
 """
     subprocess.run([sys.executable, "-c", script], check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
@@ -165,12 +166,12 @@ class TestErrors:
         return tiny_tuna_model("patch", byte_tokenizer)
 
     def test_unknown_variant(self, byte_tokenizer):
-        with pytest.raises(ValueError, match="visual_encoder.*'clip'"):
+        with pytest.raises(ValueError, match=r"visual_encoder.*'clip'"):
             TunaConfig(visual_encoder="clip")
 
     def test_image_size_not_a_multiple(self, model, processor):
         inputs = question_inputs(processor)
-        with pytest.raises(ValueError, match="pixel_values.*multiples of 16"):
+        with pytest.raises(ValueError, match=r"pixel_values.*multiples of 16"):
             model(input_ids=inputs["input_ids"], pixel_values=torch.zeros(1, 3, 30, 48))
 
     def test_span_does_not_fit_the_image(self, model, processor):
@@ -184,7 +185,7 @@ class TestErrors:
 
     def test_more_images_than_spans(self, model, processor):
         inputs = question_inputs(processor, height=32, width=48)
-        with pytest.raises(ValueError, match="1 image span.*2 image"):
+        with pytest.raises(ValueError, match=r"1 image span.*2 image"):
             model(input_ids=inputs["input_ids"], pixel_values=torch.zeros(2, 3, 32, 48))
 
     def test_sequence_longer_than_context(self, model):
@@ -193,7 +194,7 @@ class TestErrors:
 
     def test_integer_pixels(self, model, processor):
         inputs = question_inputs(processor, height=32, width=48)
-        with pytest.raises(TypeError, match="pixel_values.*floating"):
+        with pytest.raises(TypeError, match=r"pixel_values.*floating"):
             model(input_ids=inputs["input_ids"], pixel_values=torch.zeros(1, 3, 32, 48, dtype=torch.uint8))
 
     def test_device_mismatch(self, model, processor):

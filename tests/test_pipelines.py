@@ -1,4 +1,5 @@
-"""TunaPipeline / TunaEditPipeline on tiny random models: diffusers behaviour, caching, layout, loading, LoRA, errors."""
+"""TunaPipeline / TunaEditPipeline on tiny random models: diffusers behaviour, caching, layout, loading, LoRA,
+errors."""
 
 import inspect
 import json
@@ -129,7 +130,9 @@ def test_guidance_interval(byte_tokenizer):
     generate(pipe, num_inference_steps=4, guidance_scale=3.0, callback_on_step_end=record, output_type="latent")
     assert scales == [1.0, 3.0, 3.0, 1.0]  # t = 0, 0.25, 0.5, 0.75
     always = generate(pipe, num_inference_steps=4, guidance_scale=3.0, output_type="latent")
-    official = generate(TunaPipeline.from_pipe(pipe, guidance_interval=(0, 1)), num_inference_steps=4, output_type="latent")
+    official = generate(
+        TunaPipeline.from_pipe(pipe, guidance_interval=(0, 1)), num_inference_steps=4, output_type="latent"
+    )
     assert (always - official).abs().max() > 1e-4
 
 
@@ -198,7 +201,7 @@ def test_saved_settings_load_equal(tmp_path, pipelines):
 
 def test_the_scheduler_must_predict_what_the_model_predicts(byte_tokenizer):
     model = tiny_tuna_model("patch", byte_tokenizer)
-    with pytest.raises(ValueError, match="scheduler's `prediction_type` \\('velocity'\\) must be the model's \\('x0'\\)"):
+    with pytest.raises(ValueError, match=r"scheduler's `prediction_type` \('velocity'\) must be the model's \('x0'\)"):
         TunaPipeline(model, tiny_tuna_processor(byte_tokenizer), TunaFlowMatchScheduler.from_official_defaults("tuna"))
 
 
@@ -218,7 +221,9 @@ def test_bad_pipeline_settings(pipelines, settings, message):
 def test_an_encoded_prompt_serves_several_calls(pipelines):
     """`encode_prompt` works on its own; its rows and cache give the images `prompt=` gives, call after call."""
     pipe = pipelines["patch"]
-    rows, cache = pipe.encode_prompt(["a red circle", "a blue square"], negative_prompt="blurry", height=SIZE, width=SIZE)
+    rows, cache = pipe.encode_prompt(
+        ["a red circle", "a blue square"], negative_prompt="blurry", height=SIZE, width=SIZE
+    )
     for seed in (0, 1):
         expected = generate(pipe, ["a red circle", "a blue square"], negative_prompt="blurry", seed=seed)
         encoded = generate(pipe, prompt=None, prompt_rows=rows, prompt_cache=cache, seed=seed)
@@ -410,7 +415,7 @@ class TestLora:
         from safetensors.torch import save_file
 
         save_file({"unet.lora_A.weight": torch.zeros(1)}, tmp_path / "pytorch_lora_weights.safetensors")
-        with pytest.raises(ValueError, match="keys must start with `transformer.`"):
+        with pytest.raises(ValueError, match=r"keys must start with `transformer\.`"):
             pipe.load_lora_weights(tmp_path)
 
 

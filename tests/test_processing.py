@@ -141,7 +141,7 @@ def test_generation_tokens_match_parity(processor, variant):
     inputs = load_file(require_parity() / variant / "inputs.safetensors")
     out = processor.build_generation_inputs("a red cube on a blue table", "low quality", height=48, width=64)
     assert out["input_ids"].shape[0] == 2
-    for row, mask, reference in zip(out["input_ids"], out["attention_mask"], inputs["t2i.text_tokens"]):
+    for row, mask, reference in zip(out["input_ids"], out["attention_mask"], inputs["t2i.text_tokens"], strict=True):
         assert row[mask.bool()].tolist() == unpadded(reference)
         assert row[~mask.bool()].eq(PAD_ID).all() and mask.tolist() == sorted(mask.tolist(), reverse=True)
 
@@ -150,7 +150,7 @@ def test_generation_tokens_match_parity(processor, variant):
 def test_edit_tokens_match_parity(processor, variant):
     inputs = load_file(require_parity() / variant / "inputs.safetensors")
     out = processor.build_edit_inputs("make it sunset", "blurry, low quality", height=48, width=64)
-    for row, mask, reference in zip(out["input_ids"], out["attention_mask"], inputs["edit.text_tokens"]):
+    for row, mask, reference in zip(out["input_ids"], out["attention_mask"], inputs["edit.text_tokens"], strict=True):
         assert row[mask.bool()].tolist() == unpadded(reference)
 
 

@@ -102,7 +102,7 @@ class TestLosses:
         normal = torch.randn(4, generator=torch.Generator().manual_seed(0))
         t, shift = torch.sigmoid(normal), math.exp(VELOCITY_TIME_SHIFT_MU)
         torch.testing.assert_close(velocity, 1 - shift * (1 - t) / (shift * (1 - t) + t))
-        assert VELOCITY_TIME_SHIFT_MU == pytest.approx(0.63)
+        assert math.isclose(VELOCITY_TIME_SHIFT_MU, 0.63, rel_tol=1e-6)
         x0 = sample_flow_times(4, "x0", generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(x0, torch.sigmoid(normal * 0.8 - 0.8))
         assert torch.equal(sample_understanding_times(3, 0.0, 0.1), torch.ones(3))
@@ -177,7 +177,9 @@ class TestModelLosses:
     def test_masking_in_training_only(self):
         """Tuna-2's masks are drawn for a model in training; forward puts the mask token exactly there."""
         model = tiny_tuna_model("patch", mask_ratio_min=0.5, mask_ratio_max=0.5)
-        rows = tiny_tuna_processor(height=SIZE, width=SIZE).build_generation_inputs(["a", "b"], height=SIZE, width=SIZE)
+        rows = tiny_tuna_processor(height=SIZE, width=SIZE).build_generation_inputs(
+            ["a", "b"], height=SIZE, width=SIZE
+        )
         batch = {**rows, "image_latents": torch.rand(2, 3, 1, SIZE, SIZE), "generation_targets": [True, True]}
         assert "bool_masked_pos" not in prepare_flow_training(model, batch)
         model.train()
@@ -343,7 +345,7 @@ class TestTrainScript:
             self.run(tiny_repository, data_dir, tmp_path / "resumed", "--max-steps", steps, *resume, *common)
         full, resumed = read_log(tmp_path / "full"), read_log(tmp_path / "resumed")
         assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6, 7]
-        for a, b in zip(full, resumed):
+        for a, b in zip(full, resumed, strict=True):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
 
     def test_ema_weights_are_saved_and_resumed(self, tmp_path, tiny_repository, data_dir):

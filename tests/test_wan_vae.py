@@ -73,7 +73,7 @@ def test_key_renames_and_unmapped_keys_raise():
         "encoder.mid_block.resnets.1.norm2.gamma",
         "quant_conv.bias",
     ]
-    with pytest.raises(KeyError, match="encoder.unknown.weight"):
+    with pytest.raises(KeyError, match=r"encoder\.unknown\.weight"):
         convert_wan22_vae_state_dict({**upstream, "encoder.unknown.weight": torch.zeros(1)})
 
 

@@ -13,10 +13,10 @@ from tuna_hf import TunaPipeline
 from tuna_hf.hub import upload_repository, write_model_card
 
 PROVENANCE = (
-    "Trained from scratch by tuna-hf on the synthetic shapes world (`tuna_hf.demo.shapes`: one circle, square or triangle in "
-    "6 colours at 9 positions on a 64×64 white canvas) with `examples/train.py` on a 2-core CPU; the command is "
-    "`bash examples/shapes/build_checkpoint.sh`. ShapesBench ({steps} sampling steps, all 162 items per task): "
-    "text-to-image {t2i:.3f}, VQA {vqa:.3f}, editing {edit:.3f}."
+    "Trained from scratch by tuna-hf on the synthetic shapes world (`tuna_hf.demo.shapes`: one circle, square or "
+    "triangle in 6 colours at 9 positions on a 64×64 white canvas) with `examples/train.py` on a 2-core CPU; the "
+    "command is `bash examples/shapes/build_checkpoint.sh`. ShapesBench ({steps} sampling steps, all 162 items per "
+    "task): text-to-image {t2i:.3f}, VQA {vqa:.3f}, editing {edit:.3f}."
 )
 LIMITATIONS = (
     "It knows only the shapes world: 64×64 images, the prompts `a {color} {shape} at the {position}`, three "

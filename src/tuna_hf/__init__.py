@@ -14,6 +14,7 @@ from transformers import (
 from .configuration_tuna import TunaConfig, TunaFlowHeadConfig
 from .image_processing_tuna import TunaImageProcessor
 from .modeling_tuna import TunaForUnifiedMultimodal, TunaModel, TunaPreTrainedModel
+from .pipelines import TunaEditPipeline, TunaPipeline, TunaPipelineOutput, TunaVideoPipelineOutput
 from .processing_tuna import TunaProcessor, add_tuna_tokens
 from .scheduling_tuna import TunaFlowMatchScheduler
 
@@ -23,8 +24,6 @@ AutoModel.register(TunaConfig, TunaModel, exist_ok=True)
 AutoModelForImageTextToText.register(TunaConfig, TunaForUnifiedMultimodal, exist_ok=True)
 AutoImageProcessor.register(TunaConfig, image_processor_classes={"pil": TunaImageProcessor}, exist_ok=True)
 AutoProcessor.register(TunaConfig, TunaProcessor, exist_ok=True)
-
-from .pipelines import TunaEditPipeline, TunaPipeline, TunaPipelineOutput, TunaVideoPipelineOutput
 
 __all__ = [
     "TunaConfig",

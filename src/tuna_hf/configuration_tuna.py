@@ -9,8 +9,8 @@ PREDICTION_TYPES = ("velocity", "x0")
 # Tuna predicts the flow velocity in Wan 2.2 latent space; Tuna-R / Tuna-2 predict clean pixels (JiT x0).
 DEFAULT_PREDICTION_TYPE = {"vae_siglip": "velocity", "siglip": "x0", "patch": "x0"}
 VARIANT_NAMES = {"vae_siglip": "tuna", "siglip": "tuna_r", "patch": "tuna_2"}
-# Official training coefficients and noise (model YAMLs; docs/architecture.md §8): Tuna weighs the text loss by 0.2, and the
-# pixel variants draw their noise with std 2 (JiT `noise_scale`).
+# Official training coefficients and noise (model YAMLs; docs/architecture.md §8): Tuna weighs the text loss by 0.2,
+# and the pixel variants draw their noise with std 2 (JiT `noise_scale`).
 DEFAULT_NTP_COEFF = {"vae_siglip": 0.2, "siglip": 1.0, "patch": 1.0}
 DEFAULT_NOISE_SCALE = {"vae_siglip": 1.0, "siglip": 2.0, "patch": 2.0}
 
@@ -27,12 +27,32 @@ FLOW_HEAD_TEXT_ROPE = {
 
 class TunaFlowHeadConfig(PreTrainedConfig):
     r"""
-    The flow head ("diffusion head"): `num_hidden_layers` AdaLN-modulated transformer blocks reading the decoder's final
-    hidden states, then an AdaLN final layer projecting each token to `patch_size**2 * latent_channels` values.
+    The flow head ("diffusion head"): `num_hidden_layers` AdaLN-modulated transformer blocks reading the decoder's
+    final hidden states, then an AdaLN final layer projecting each token to `patch_size**2 * latent_channels` values.
 
     Text positions get a 1-D rotate-half RoPE (`rope_parameters`, llama3-scaled), image positions a 3-D RoPE on the
-    (frame, row, column) token grid with base `image_rope_theta` (head_dim split 1/4 : 3/8 : 3/8), and the timestep slot
-    none (docs/architecture.md §4; official `apply_rope_image3d_text1d`).
+    (frame, row, column) token grid with base `image_rope_theta` (head_dim split 1/4 : 3/8 : 3/8), and the timestep
+    slot none (docs/architecture.md §4; official `apply_rope_image3d_text1d`).
+
+    Args:
+        hidden_size (`int`, *optional*, defaults to 3584): the width; it must be the decoder's.
+        intermediate_size (`int`, *optional*, defaults to 18944): the MLP width.
+        num_hidden_layers (`int`, *optional*, defaults to 16): blocks (the official `flow_head_num`).
+        num_attention_heads (`int`, *optional*, defaults to 56): attention heads.
+        num_key_value_heads (`int`, *optional*, defaults to 14): key/value heads (grouped-query attention).
+        head_dim (`int`, *optional*): defaults to `hidden_size // num_attention_heads` (64 in every release); a
+            multiple of 8 for the 3-D RoPE.
+        hidden_act (`str`, *optional*, defaults to `"silu"`): the MLP activation.
+        rms_norm_eps (`float`, *optional*, defaults to 1e-5): epsilon of the blocks' RMSNorms.
+        qk_norm_eps (`float`, *optional*, defaults to 1e-6): epsilon of the query/key RMSNorms.
+        final_norm_eps (`float`, *optional*, defaults to 1e-6): epsilon of the final layer's RMSNorm.
+        max_position_embeddings (`int`, *optional*, defaults to 32768): the text RoPE's table length.
+        rope_parameters (`dict`, *optional*): the text RoPE; defaults to the official llama3 scaling (theta 5e5,
+            factor 32, original 8192).
+        image_rope_theta (`float`, *optional*, defaults to 10000.0): the base of the 3-D image RoPE.
+        timestep_embedding_dim (`int`, *optional*, defaults to 256): the sinusoid width of the timestep embedding.
+        attention_dropout (`float`, *optional*, defaults to 0.0): dropout on the attention weights in training.
+        initializer_range (`float`, *optional*, defaults to 0.02): std of the default weight init.
     """
 
     model_type = "tuna_flow_head"
@@ -74,33 +94,48 @@ class TunaFlowHeadConfig(PreTrainedConfig):
 
 class TunaConfig(PreTrainedConfig):
     r"""
-    Configuration of [`TunaForUnifiedMultimodal`].
+    Configuration of [`TunaForUnifiedMultimodal`] and [`TunaModel`]: one config for the three variants
+    (docs/architecture.md §1).
 
     Args:
-        text_config: the Qwen2.5 decoder (vocabulary already resized to the tokenizer with TUNA's four added tokens).
-        vision_config: SigLIP vision tower (`"vae_siglip"`, `"siglip"`); `num_hidden_layers` is the number of layers
-            *kept* (the official code drops the last one, `siglip_feature_layer=-2`). Unused for `"patch"`.
-        flow_head_config: the flow head, see [`TunaFlowHeadConfig`]. Defaults to the decoder's width.
-        visual_encoder: `"vae_siglip"` (Tuna: Wan 2.2 VAE encoder → SigLIP with a 1×1 patch embed → connector),
-            `"siglip"` (Tuna-R: SigLIP on pixels → connector) or `"patch"` (Tuna-2: Conv2d patchify + RMSNorm).
-        prediction_type: `"velocity"` (Tuna) or `"x0"` (Tuna-R, Tuna-2; JiT). Defaults by `visual_encoder`.
-        latent_channels: channels of the flow space (48 Wan 2.2 latent channels, or 3 for RGB pixels).
-        patch_size: pixels (or latent pixels) per token side in the flow head output, and the Conv2d patch of `"patch"`.
-        vae_config: keyword arguments of `diffusers.AutoencoderKLWan` (Tuna only, see `tuna_hf.wan_vae`).
-        sample_vae_posterior: encode images with a posterior sample (official behaviour) rather than the mean.
-        use_mask_token: Tuna-2's learned mask token for masked feature learning during training.
-        mask_ratio_min / mask_ratio_max: per-sample masking ratio range (≤ 0 means no masking).
-        image_token_id / boi_token_id / eoi_token_id: `<|image_pad|>` (every slot of an image span), `<|vision_start|>`
-            and `<|vision_end|>`.
-        ntp_coeff / flow_coeff: weights of the next-token and flow losses (defaults: the official 0.2 / 1 for Tuna,
-            1 / 1 for Tuna-R and Tuna-2).
-        noise_scale: standard deviation of the training noise (1 for Tuna, 2 for the JiT pixel variants).
-        understanding_noise_prob / understanding_noise_level: during training, with this probability an
-            understanding image (not an edit source) is seen at t = 1 − U(0, level) instead of clean (official
-            `mmu_noise_prob` / `mmu_noise_level` of Tuna-R and Tuna-2, 0.1 / 0.1 in their model configs; 0 = off).
-        filled_layers: layers a converted *foundation* checkpoint lacked and the conversion filled (decoder layers
-            from the base LLM, flow-head blocks with the official fresh init), e.g.
+        text_config (`dict` or `PreTrainedConfig`, *optional*): the Qwen2.5 decoder (vocabulary already resized to the
+            tokenizer with TUNA's four added tokens).
+        vision_config (`dict` or `PreTrainedConfig`, *optional*): the SigLIP vision tower (`"vae_siglip"`,
+            `"siglip"`); `num_hidden_layers` is the number of layers *kept* (the official code drops the last one,
+            `siglip_feature_layer=-2`). Unused for `"patch"`.
+        flow_head_config (`dict` or [`TunaFlowHeadConfig`], *optional*): the flow head; defaults to the decoder's
+            width with 64-dimensional heads.
+        visual_encoder (`str`, *optional*, defaults to `"patch"`): `"vae_siglip"` (Tuna: Wan 2.2 VAE encoder →
+            SigLIP with a 1×1 patch embed → connector), `"siglip"` (Tuna-R: SigLIP on pixels → connector) or
+            `"patch"` (Tuna-2: Conv2d patchify + RMSNorm).
+        prediction_type (`str`, *optional*): `"velocity"` (Tuna) or `"x0"` (Tuna-R, Tuna-2; JiT); defaults by
+            `visual_encoder`.
+        latent_channels (`int`, *optional*, defaults to 3): channels of the flow space (48 Wan 2.2 latent channels,
+            or 3 for RGB pixels).
+        patch_size (`int`, *optional*, defaults to 16): pixels (or latent pixels) per token side in the flow head
+            output, and the Conv2d patch of `"patch"`.
+        vae_config (`dict`, *optional*): keyword arguments of `diffusers.AutoencoderKLWan` (Tuna only, see
+            `tuna_hf.wan_vae`).
+        sample_vae_posterior (`bool`, *optional*, defaults to True): encode images with a posterior sample (official
+            behaviour) rather than the mean.
+        use_mask_token (`bool`, *optional*, defaults to False): Tuna-2's learned mask token for masked feature
+            learning during training.
+        mask_ratio_min, mask_ratio_max (`float`, *optional*, defaults to -0.7 and 0.3): per-image masking ratio range
+            (≤ 0 means no masking).
+        image_token_id, boi_token_id, eoi_token_id (`int`, *optional*): `<|image_pad|>` (every slot of an image
+            span), `<|vision_start|>` and `<|vision_end|>`; default Qwen2.5's ids.
+        ntp_coeff, flow_coeff (`float`, *optional*): weights of the next-token and flow losses (defaults: the official
+            0.2 / 1 for Tuna, 1 / 1 for Tuna-R and Tuna-2).
+        noise_scale (`float`, *optional*): standard deviation of the training noise (1 for Tuna, 2 for the JiT pixel
+            variants).
+        understanding_noise_prob, understanding_noise_level (`float`, *optional*, defaults to 0.0 and 0.1): during
+            training, with this probability an understanding image (not an edit source) is seen at
+            t = 1 − U(0, level) instead of clean (official `mmu_noise_prob` / `mmu_noise_level` of Tuna-R and Tuna-2,
+            0.1 / 0.1 in their model configs; 0 = off).
+        filled_layers (`list[str]`, *optional*): layers a converted *foundation* checkpoint lacked and the conversion
+            filled (decoder layers from the base LLM, flow-head blocks with the official fresh init), e.g.
             `["model.language_model.layers.5", "flow_head.layers.3"]`; the `restore` training recipe trains these.
+        tie_word_embeddings (`bool`, *optional*): follows `text_config.tie_word_embeddings`.
     """
 
     model_type = "tuna"

@@ -256,7 +256,8 @@ def base_llm_layers(base_llm, layers: list[int]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def initialize_flow_head_block(layer) -> None:
-    """The official fresh init of a flow-head block (docs/architecture.md §10): PyTorch-default Linears, zero AdaLN, unit norms."""
+    """The official fresh init of a flow-head block (docs/architecture.md §10): PyTorch-default Linears, zero AdaLN,
+    unit norms."""
     for module in layer.modules():
         if isinstance(module, torch.nn.Linear):
             module.reset_parameters()
@@ -307,8 +308,8 @@ def convert_official_checkpoint(
         raise ValueError("`--checkpoint` has no `tuna.model.embed_tokens.weight`: not an official TUNA state dict.")
     if embeddings.shape[0] != len(text_tokenizer):
         raise ValueError(
-            f"The checkpoint's vocabulary has {embeddings.shape[0]} rows but `--tokenizer` with TUNA's four tokens has "
-            f"{len(text_tokenizer)}: pass the tokenizer the checkpoint was trained with."
+            f"The checkpoint's vocabulary has {embeddings.shape[0]} rows but `--tokenizer` with TUNA's four tokens "
+            f"has {len(text_tokenizer)}: pass the tokenizer the checkpoint was trained with."
         )
     llm_values = {**spec["llm_config"], "vocab_size": embeddings.shape[0]}
     visual_encoder = OFFICIAL_VISUAL_ENCODERS.get(spec["official_class"].rsplit(".", 1)[-1])

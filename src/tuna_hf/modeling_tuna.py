@@ -16,7 +16,15 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel, SiglipVisionModel
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
@@ -232,7 +240,7 @@ class TunaTimestepEmbedder(nn.Module):
 class TunaVisionTower(nn.Module):
     """SigLIP without post-LayerNorm or head (features of the last kept layer); frames are folded into the batch."""
 
-    def __init__(self, config):
+    def __init__(self, config: SiglipVisionConfig):
         super().__init__()
         self.embeddings = SiglipVisionEmbeddings(config)
         self.encoder = SiglipEncoder(config)
@@ -290,7 +298,8 @@ class TunaFlowHeadRotaryEmbedding(LlamaRotaryEmbedding):
     * timestep slot: none;
     * image tokens: a 3-D RoPE on their (frame, row, column) token coordinates, independent of the sequence position:
       the `head_dim / 2` pairs split t : h : w = 1/4 : 3/8 : 3/8, pair k of an axis of `d` dims turning by
-      `coordinate · image_rope_theta^(−2k/d)` (buffers `image_inv_freq` and `image_axis`), applied to interleaved pairs.
+      `coordinate · image_rope_theta^(−2k/d)` (buffers `image_inv_freq` and `image_axis`), applied to interleaved
+      pairs.
     """
 
     def __init__(self, config: TunaFlowHeadConfig):
@@ -401,7 +410,7 @@ class TunaFlowHeadAttention(nn.Module):
 
 
 class TunaFlowHeadLayer(GradientCheckpointingLayer):
-    """Transformer block with AdaLN-Zero; only span positions are modulated, text positions pass through unmodulated."""
+    """Transformer block with AdaLN-Zero: only span positions are modulated, text positions pass unmodulated."""
 
     def __init__(self, config: TunaFlowHeadConfig, layer_idx: int):
         super().__init__()
@@ -504,7 +513,7 @@ class TunaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     @torch.no_grad()
-    def _init_weights(self, module):
+    def _init_weights(self, module: nn.Module):
         """The official fresh init: zero AdaLN and output projections, N(0, 0.02) timestep MLP, xavier patch conv."""
         super()._init_weights(module)
         if isinstance(module, TunaFlowHeadLayer):
@@ -815,7 +824,7 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
     def from_pretrained_parts(
         cls,
         llm: str,
-        tokenizer,
+        tokenizer: PreTrainedTokenizerBase,
         visual_encoder: str = "patch",
         vision_tower: str | None = None,
         vae: str | None = None,
@@ -999,8 +1008,15 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         return self.model.unpatchify(image_tokens, flow_inputs.grid)
 
     def prepare_inputs_for_generation(
-        self, *args, image_latents=None, timesteps=None, is_first_iteration=False, **kwargs
-    ):
+        self,
+        *args,
+        image_latents: torch.FloatTensor | None = None,
+        timesteps: torch.FloatTensor | None = None,
+        is_first_iteration: bool = False,
+        **kwargs,
+    ) -> dict:
+        """`image_latents` and their `timesteps` go to the first forward only, as transformers does with
+        `pixel_values`: the later steps find the images in the cache."""
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         if is_first_iteration or not kwargs.get("use_cache", True):
             model_inputs["image_latents"] = image_latents

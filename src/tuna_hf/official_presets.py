@@ -2,8 +2,8 @@
 
 Each preset holds what the official model YAML (`configs/model/*.yaml` of facebookresearch/tuna-2) contributes to the
 architecture and to training (masking, understanding noise), and the configs of the pretrained parts it names: the
-Qwen2.5-Instruct LLM and, for Tuna and Tuna-R, SigLIP2 so400m-patch16-384 (docs/architecture.md §1, §10). The Wan 2.2 VAE uses
-`wan22_vae_config()`'s defaults.
+Qwen2.5-Instruct LLM and, for Tuna and Tuna-R, SigLIP2 so400m-patch16-384 (docs/architecture.md §1, §10). The Wan 2.2
+VAE uses `wan22_vae_config()`'s defaults.
 """
 
 QWEN25_1_5B_INSTRUCT = {

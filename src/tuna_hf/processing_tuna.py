@@ -4,8 +4,10 @@ from collections.abc import Callable
 
 from transformers.image_utils import ImageInput
 from transformers.processing_utils import BatchFeature, ProcessorMixin
-from transformers.tokenization_utils_base import TextInput
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase, TextInput
 from transformers.video_utils import VideoInput
+
+from .image_processing_tuna import TunaImageProcessor
 
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
@@ -36,7 +38,7 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
-def add_tuna_tokens(tokenizer):
+def add_tuna_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """
     Add TUNA's tokens to a Qwen2.5 tokenizer exactly as the official `get_text_tokenizer`: the special pad token
     `[PAD]`, then the plain tokens `<image>`, `<|vid_start|>`, `<|vid_end|>` (ids `len(tokenizer)` onwards).
@@ -47,7 +49,7 @@ def add_tuna_tokens(tokenizer):
     return tokenizer
 
 
-def tuna_token_ids(tokenizer) -> dict[str, int]:
+def tuna_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     """The `TunaConfig` token ids (`image_token_id`, `boi_token_id`, `eoi_token_id`) of a TUNA tokenizer."""
     tokens = {"image_token_id": "<|image_pad|>", "boi_token_id": "<|vision_start|>", "eoi_token_id": "<|vision_end|>"}
     return {name: tokenizer.convert_tokens_to_ids(token) for name, token in tokens.items()}
@@ -84,8 +86,8 @@ class TunaProcessor(ProcessorMixin):
 
     def __init__(
         self,
-        image_processor,
-        tokenizer,
+        image_processor: TunaImageProcessor,
+        tokenizer: PreTrainedTokenizerBase,
         chat_template: str | None = None,
         image_token: str = "<image>",
         boi_token: str = "<|vision_start|>",
@@ -130,9 +132,18 @@ class TunaProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """
         Tokenize `text` for understanding, replacing each `<image>` placeholder (in order) by the span of the
-        matching image or video. Returns `input_ids`, `attention_mask` and `pixel_values` (`[B, 3, H, W]`, or
-        `[B, 3, T, H, W]` for videos). Image kwargs such as `height`/`width` are forwarded to the image processor.
-        Text is never truncated: a row longer than `max_length` raises.
+        matching image or video (docs/architecture.md §2).
+
+        Args:
+            text (`str` or `list[str]`, *optional*): the prompts, e.g. from [`~TunaProcessor.apply_chat_template`].
+            images (PIL images, arrays or tensors, *optional*): one per `<image>` placeholder, in order.
+            videos (lists of frames, *optional*): instead of `images`; each fills one placeholder.
+            return_tensors (`str`, *optional*, defaults to `"pt"`): the tensor type of the outputs.
+            max_length (`int`, *optional*): a row longer than this raises; text is never truncated.
+            kwargs: tokenizer and image-processor arguments (e.g. `height`, `width`).
+
+        Returns a `BatchFeature` with `input_ids`, `attention_mask` and `pixel_values` (`[B, 3, H, W]`, or
+        `[B, 3, T, H, W]` for videos).
         """
         if images is not None and videos is not None:
             raise ValueError("Pass either `images` or `videos`: both fill the `<image>` placeholders.")
@@ -146,7 +157,9 @@ class TunaProcessor(ProcessorMixin):
             self._check_max_length([int(sum(mask)) for mask in inputs["attention_mask"]], max_length)
         return inputs
 
-    def _call_videos(self, text, videos: VideoInput, return_tensors: str | None, **kwargs) -> BatchFeature:
+    def _call_videos(
+        self, text: TextInput | list[TextInput] | None, videos: VideoInput, return_tensors: str | None, **kwargs
+    ) -> BatchFeature:
         output_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         video_inputs = self.image_processor(videos=videos, **output_kwargs["images_kwargs"])
         if text is None:
@@ -173,6 +186,7 @@ class TunaProcessor(ProcessorMixin):
                 raise ValueError(f"Row {i} has {length} tokens (image spans included), `max_length` is {max_length}.")
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        """The span text of image `image_idx` (`ProcessorMixin`'s placeholder hook)."""
         pixel_values = image_inputs["pixel_values"][image_idx]
         num_frames = pixel_values.shape[1] if pixel_values.ndim == 4 else 1
         height, width = pixel_values.shape[-2:]
@@ -191,7 +205,9 @@ class TunaProcessor(ProcessorMixin):
         latent_frames = 1 + (num_frames - 1) // self.temporal_compression
         return 1 + latent_frames * (height // self.spatial_compression) * (width // self.spatial_compression)
 
-    def apply_chat_template(self, conversation, chat_template: str | None = None, **kwargs):
+    def apply_chat_template(
+        self, conversation: list[dict] | list[list[dict]], chat_template: str | None = None, **kwargs
+    ):
         """[`ProcessorMixin.apply_chat_template`], with `default_system_prompt` added to conversations without one."""
         batched = isinstance(conversation[0], (list, tuple))
         conversations = [self._with_system_prompt(c) for c in (conversation if batched else [conversation])]
@@ -214,11 +230,19 @@ class TunaProcessor(ProcessorMixin):
         padding_side: str = "right",
     ) -> BatchFeature:
         """
-        Text-to-image (or video) rows `[bos] prompt [boi] [image_pad]×N [eoi] [eos]` (no chat template). With
-        `negative_prompts`, the unconditional rows (same layout; a falsy negative prompt is empty text) follow the
-        conditional ones. Rows are padded with `pad_token` (attention mask 0) on `padding_side` (the official layout
-        pads on the right; the pipelines pad on the left so that the image spans end every row together);
-        `height`/`width` default to the image processor's `size`.
+        Text-to-image (or video) rows `[bos] prompt [boi] [image_pad]×N [eoi] [eos]` (no chat template).
+
+        Args:
+            prompts (`str` or `list[str]`): the prompts.
+            negative_prompts (`str` or `list[str]`, *optional*): the unconditional rows' texts (same layout; a falsy
+                one is empty text), which follow the conditional rows.
+            height, width (`int`, *optional*): the image size; default the image processor's `size`.
+            num_frames (`int`, defaults to 1): video frames (1 + k·`temporal_compression`).
+            max_length (`int`, *optional*): a longer row raises.
+            return_tensors (`str`, *optional*, defaults to `"pt"`): the tensor type.
+            padding_side (`str`, defaults to `"right"`): where the `pad_token`s go (attention mask 0). The official
+                layout pads on the right; the pipelines pad on the left so that the image spans end every row
+                together.
         """
         span = self._image_span(height, width, num_frames)
 
@@ -239,8 +263,8 @@ class TunaProcessor(ProcessorMixin):
     ) -> BatchFeature:
         """
         Editing rows `[bos] [boi] [image_pad]×N [eoi] instruction [boi] [image_pad]×N [eoi] [eos]` (source image,
-        then target image), with the same unconditional-row and padding conventions as
-        [`~TunaProcessor.build_generation_inputs`].
+        then target image); the arguments are those of [`~TunaProcessor.build_generation_inputs`], with the
+        instructions as `instructions`.
         """
         span = self._image_span(height, width)
 

@@ -1,7 +1,7 @@
 """Named training recipes: which parameters train, with which learning rate, full or LoRA.
 
-* `stage1` (the TUNA paper's first stage; docs/architecture.md §8): the LLM is frozen; the visual encoder, connector, timestep embedder, mask token and
-  flow head train.
+* `stage1` (the TUNA paper's first stage; docs/architecture.md §8): the LLM is frozen; the visual encoder, connector,
+  timestep embedder, mask token and flow head train.
 * `stage2`: everything but the VAE (the official `frozen_params: ['vae']`), at the official 2e-5.
 * `sft`: as stage 2 with a lower learning rate.
 * `restore`: only the layers a foundation-checkpoint conversion filled (`config.filled_layers`).

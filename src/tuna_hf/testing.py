@@ -55,7 +55,7 @@ def learn_byte_merges(corpus: list[str], pre_tokenizer, min_count: int = 2) -> l
     while True:
         pairs = Counter()
         for word, count in words.items():
-            for pair in zip(splits[word], splits[word][1:]):
+            for pair in zip(splits[word], splits[word][1:], strict=False):
                 pairs[pair] += count
         if not pairs:
             return merges

@@ -93,7 +93,7 @@ def score_text_to_image(pipe, scenes: list[Scene], num_inference_steps: int, see
     for chunk in _chunks(scenes, batch_size):
         generator = torch.Generator().manual_seed(seed)
         images += pipe([s.caption for s in chunk], num_inference_steps=num_inference_steps, generator=generator).images
-    right = [read_scene(image).matches(scene) for image, scene in zip(images, scenes)]
+    right = [read_scene(image).matches(scene) for image, scene in zip(images, scenes, strict=True)]
     return sum(right) / len(right), images
 
 
@@ -108,7 +108,8 @@ def score_understanding(model, processor, scenes: list[Scene], batch_size: int =
             inputs = processor(text=[prompt] * len(chunk), images=[s.draw() for s in chunk], return_tensors="pt")
             generated = model.generate(**inputs, max_new_tokens=16, do_sample=False)
             answers = processor.batch_decode(generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            right += sum(answer.strip() == scene.answer(attribute) for answer, scene in zip(answers, chunk))
+            pairs = zip(answers, chunk, strict=True)
+            right += sum(answer.strip() == scene.answer(attribute) for answer, scene in pairs)
             total += len(chunk)
     return right / total
 
@@ -122,5 +123,5 @@ def score_editing(edit_pipe, edits: list[Edit], num_inference_steps: int, seed: 
         images += edit_pipe(
             sources, [edit.instruction for edit in chunk], num_inference_steps=num_inference_steps, generator=generator
         ).images
-    right = [edit_is_right(image, edit) for image, edit in zip(images, edits)]
+    right = [edit_is_right(image, edit) for image, edit in zip(images, edits, strict=True)]
     return sum(right) / len(right), images

@@ -37,7 +37,12 @@ OFFICIAL_EDIT_NEGATIVE_PROMPT = (
 # `tuna_hf.scheduling_tuna.OFFICIAL_SAMPLING_DEFAULTS`): text-to-image, editing, text-to-video (the runner's 6.0,
 # `t2v_2b.yaml` sets none) and the official `cfg_interval`, always on.
 OFFICIAL_GUIDANCE_DEFAULTS = {
-    variant: {"guidance_scale": t2i, "edit_guidance_scale": edit, "video_guidance_scale": 6.0, "guidance_interval": (0.0, 1.0)}
+    variant: {
+        "guidance_scale": t2i,
+        "edit_guidance_scale": edit,
+        "video_guidance_scale": 6.0,
+        "guidance_interval": (0.0, 1.0),
+    }
     for variant, t2i, edit in (("tuna", 7.5, 7.5), ("tuna_r", 4.0, 5.0), ("tuna_2", 3.0, 2.0))
 }
 # Sequence tokens that follow the target span in the official layout: `<|vision_end|> <|im_end|>`.
@@ -159,7 +164,8 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         unknown = set(kwargs) - set(COMPONENT_NAMES) - set(settings)
         if unknown:
             raise TypeError(
-                f"`from_pipe` takes only components {COMPONENT_NAMES} and the settings {settings}, got {sorted(unknown)}."
+                f"`from_pipe` takes only components {COMPONENT_NAMES} and the settings {settings}, "
+                f"got {sorted(unknown)}."
             )
         components = {name: kwargs.get(name, getattr(pipeline, name)) for name in COMPONENT_NAMES}
         inherited = {name: kwargs.get(name, pipeline.config.get(name)) for name in settings}
@@ -262,9 +268,7 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
             position_ids=rows.position_ids[:, span],
         )
 
-    def prepare_latents(
-        self, shape: tuple[int, ...], generator, latents: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def prepare_latents(self, shape: tuple[int, ...], generator, latents: torch.Tensor | None = None) -> torch.Tensor:
         """Initial sample `[B, C, T, h, w]`: `latents` as given, else `noise_scale · N(0, 1)` (float32)."""
         if latents is not None:
             if tuple(latents.shape) != tuple(shape):
@@ -277,8 +281,8 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
 
     def decode(self, latents: torch.Tensor, output_type: str, video: bool = False):
         """
-        The final sample `[B, C, T, h, w]` → images (or videos): PIL, or float32 in [0, 1] (`"np"`: `[B, (F,) H, W, 3]`,
-        `"pt"`: `[B, 3, (F,) H, W]`); `"latent"` returns the sample as is.
+        The final sample `[B, C, T, h, w]` → images (or videos): PIL, or float32 in [0, 1] (`"np"`:
+        `[B, (F,) H, W, 3]`, `"pt"`: `[B, 3, (F,) H, W]`); `"latent"` returns the sample as is.
         """
         if output_type == "latent":
             return latents

@@ -37,8 +37,9 @@ class TunaLoraLoaderMixin(LoraBaseMixin):
         state_dict, metadata = self.lora_state_dict(source, return_lora_metadata=True, **kwargs)
         if not any(key.startswith(f"{self.transformer_name}.") for key in state_dict):
             raise ValueError(
-                f"No LoRA weights for `{self.transformer_name}` in {source if not isinstance(source, dict) else 'the dict'}"
-                f": keys must start with `{self.transformer_name}.`."
+                f"No LoRA weights for `{self.transformer_name}` in "
+                f"{source if not isinstance(source, dict) else 'the dict'}: keys must start with "
+                f"`{self.transformer_name}.`."
             )
         _load_lora_into_text_encoder(
             state_dict,

@@ -12,18 +12,18 @@ from .prompt_cache import TunaPromptCache, TunaPromptRows
 # `negative_prompt` to reproduce the official runs; the official pipeline itself uses empty text when none is given.
 OFFICIAL_T2I_NEGATIVE_PROMPT = (
     "ugly, oversaturated, distorted, deformed, disfigured, low quality, worst quality, blurry, noisy, unrealistic, "
-    "pixelated, overexposed, harsh shadows, washed out, dull colors, unnatural contrast, bad lighting, uneven lighting, "
-    "unnatural reflections, color banding, unrealistic textures, poor shading, fake details, plastic skin, waxy skin, "
-    "unrealistic skin tone, color bleeding, jpeg artifacts, watermark, frame border, compression artifacts, low-res, "
-    "low resolution, poor composition, off-centered, messy background, cluttered, cropped head, cut-off body, "
-    "wrong perspective, out of frame, bad framing, tilted horizon, unnatural pose, broken limbs, bad anatomy, "
-    "bad proportions, extra limbs, missing limbs, fused fingers, extra fingers, twisted arms, stiff pose, "
-    "awkward expression, asymmetrical eyes, mismatched eyes, lopsided face, disfigured mouth, bad hands, "
-    "poorly drawn hands, poorly drawn face, uncanny face, creepy smile, unnatural gaze, doll-like face, distorted face, "
-    "mutated body, duplicated parts, multiple heads, extra body parts, text artifacts, signature, logo, cartoonish, "
-    "3d render, cgi, unreal engine, low depth, flat lighting, wrong focus, out of focus, motion blur, vignette, "
-    "HDR effect, oversharpened, bad exposure, grainy, bad color balance, unrealistic highlights, poor white balance, "
-    "low dynamic range"
+    "pixelated, overexposed, harsh shadows, washed out, dull colors, unnatural contrast, bad lighting, "
+    "uneven lighting, unnatural reflections, color banding, unrealistic textures, poor shading, fake details, "
+    "plastic skin, waxy skin, unrealistic skin tone, color bleeding, jpeg artifacts, watermark, frame border, "
+    "compression artifacts, low-res, low resolution, poor composition, off-centered, messy background, cluttered, "
+    "cropped head, cut-off body, wrong perspective, out of frame, bad framing, tilted horizon, unnatural pose, "
+    "broken limbs, bad anatomy, bad proportions, extra limbs, missing limbs, fused fingers, extra fingers, "
+    "twisted arms, stiff pose, awkward expression, asymmetrical eyes, mismatched eyes, lopsided face, "
+    "disfigured mouth, bad hands, poorly drawn hands, poorly drawn face, uncanny face, creepy smile, unnatural gaze, "
+    "doll-like face, distorted face, mutated body, duplicated parts, multiple heads, extra body parts, "
+    "text artifacts, signature, logo, cartoonish, 3d render, cgi, unreal engine, low depth, flat lighting, "
+    "wrong focus, out of focus, motion blur, vignette, HDR effect, oversharpened, bad exposure, grainy, "
+    "bad color balance, unrealistic highlights, poor white balance, low dynamic range"
 )
 
 
@@ -93,7 +93,8 @@ class TunaPipeline(TunaBasePipeline):
         unknown = set(callback_inputs or []) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` must be in {self._callback_tensor_inputs}, got {sorted(unknown)}."
+                f"`callback_on_step_end_tensor_inputs` must be in {self._callback_tensor_inputs}, "
+                f"got {sorted(unknown)}."
             )
         frames = self.transformer.config.frames_per_latent_frame
         if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % frames:

@@ -73,7 +73,9 @@ class TunaEditPipeline(TunaPipeline):
         """
         prompts = self._check_prompts("prompt", prompt)
         negative = self.config.edit_negative_prompt if negative_prompt is None else negative_prompt
-        prompts, negatives = self._texts_per_image(prompts, negative, num_images_per_prompt, do_classifier_free_guidance)
+        prompts, negatives = self._texts_per_image(
+            prompts, negative, num_images_per_prompt, do_classifier_free_guidance
+        )
         sources = source_latents.repeat_interleave(num_images_per_prompt, dim=0)
         if negatives is not None:
             sources = torch.cat([sources, sources])
