@@ -249,7 +249,7 @@ def test_guidance_below_one_extrapolates_as_the_official_sampler(pipelines, edit
 
 
 def test_an_unused_negative_prompt_is_reported(pipelines, caplog):
-    with caplog.at_level("WARNING", logger="tuna_hf.pipelines.base"):
+    with caplog.at_level("WARNING", logger="tuna_hf.pipelines.pipeline_tuna"):
         generate(pipelines["patch"], negative_prompt="blurry", guidance_scale=1.0, output_type="latent")
     assert "`negative_prompt` is not used: guidance_scale=1.0 does not guide" in caplog.text
 

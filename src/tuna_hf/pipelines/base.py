@@ -172,31 +172,6 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         return cls(**components, **{name: value for name, value in inherited.items() if value is not None})
 
     @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        # The official samplers guide whenever the scale is positive (`if guidance_scale > 0.0`), so 0 < g < 1
-        # extrapolates towards the unconditional prediction; g = 1 is the conditional prediction, skipped here.
-        return self._guidance_scale > 0 and self._guidance_scale != 1
-
-    def _set_guidance_scale(self, guidance_scale: float | None, default: float, negative_prompt) -> None:
-        self._guidance_scale = self._check_guidance_scale(
-            "guidance_scale", default if guidance_scale is None else guidance_scale
-        )
-        if negative_prompt and not self.do_classifier_free_guidance:
-            logger.warning(f"`negative_prompt` is not used: guidance_scale={self._guidance_scale} does not guide.")
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        return self._interrupt
-
-    @property
     def vae_scale_factor(self) -> int:
         """Pixels per flow-space pixel: 16 for Tuna's Wan 2.2 latents, 1 in pixel space."""
         config = self.transformer.config

@@ -3,10 +3,13 @@
 from collections.abc import Callable
 
 import torch
+from diffusers.utils import logging
 
 from .base import OUTPUT_TYPES, TunaBasePipeline
 from .pipeline_output import TunaPipelineOutput, TunaVideoPipelineOutput
 from .prompt_cache import TunaPromptCache, TunaPromptRows
+
+logger = logging.get_logger(__name__)
 
 # The negative prompt of the official text-to-image predict config (`configs/predict/t2i.yaml`). Pass it as
 # `negative_prompt` to reproduce the official runs; the official pipeline itself uses empty text when none is given.
@@ -45,6 +48,36 @@ class TunaPipeline(TunaBasePipeline):
     >>> image = pipe("a red circle at the top left", num_inference_steps=50).images[0]
     ```
     """
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        # The official samplers guide whenever the scale is positive (`if guidance_scale > 0.0`), so 0 < g < 1
+        # extrapolates towards the unconditional prediction; g = 1 is the conditional prediction, skipped here.
+        return self._guidance_scale > 0 and self._guidance_scale != 1
+
+    def _set_guidance_scale(self, guidance_scale: float | None, default: float, negative_prompt) -> None:
+        self._guidance_scale = self._check_guidance_scale(
+            "guidance_scale", default if guidance_scale is None else guidance_scale
+        )
+        if negative_prompt and not self.do_classifier_free_guidance:
+            logger.warning(f"`negative_prompt` is not used: guidance_scale={self._guidance_scale} does not guide.")
+
+    def guidance_scale_at(self, flow_time: float) -> float:
+        """This call's guidance scale inside `guidance_interval`, 1 (the conditional prediction) outside it."""
+        low, high = self.config.guidance_interval
+        return self.guidance_scale if flow_time < high and (low == 0 or flow_time > low) else 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
 
     def check_inputs(
         self,
@@ -142,11 +175,6 @@ class TunaPipeline(TunaBasePipeline):
         span_length = self.processor.num_image_tokens(height, width, num_frames=num_frames)
         rows = self._prompt_rows(inputs, span_length, guided=negatives is not None)
         return rows, self.prefill_prompt_cache(rows) if use_prompt_cache else None
-
-    def guidance_scale_at(self, flow_time: float) -> float:
-        """This call's guidance scale inside `guidance_interval`, 1 (the conditional prediction) outside it."""
-        low, high = self.config.guidance_interval
-        return self.guidance_scale if flow_time < high and (low == 0 or flow_time > low) else 1.0
 
     @torch.no_grad()
     def __call__(
