@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from tuna_hf import TunaEditPipeline, TunaFlowMatchScheduler, TunaPipeline
-from tuna_hf.pipelines import TunaPromptCache
+from tuna_hf.pipelines import TunaPromptRows
 from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
 
 OFFICIAL_LENGTHS = {  # (text-to-image, editing) sequence lengths of the official pipelines at 512²
@@ -70,16 +70,25 @@ class PeakMemory:
 
 
 def official_sample(pipe, inputs, length, span_length, latents, steps, guidance, sources=None):
-    """The official loop: right-padded fixed-length rows, the whole sequence at every call, `[PAD]`s attended."""
+    """The official loop: right-padded fixed-length rows, the whole sequence at every call, `[PAD]`s attended. The
+    rows go on after their target span (so `TunaPromptRows.prompt_length` means nothing here); each holds its source
+    image, if any, then the target."""
     input_ids = F.pad(inputs["input_ids"], (0, length - inputs["input_ids"].shape[1]), value=-1)
     input_ids[input_ids == -1] = pipe.processor.pad_token_id
-    cache = TunaPromptCache(
-        pipe.transformer, input_ids, torch.ones_like(input_ids), span_length, prompt_images=sources, enabled=False
-    )
-    scheduler = pipe.scheduler
+    rows = TunaPromptRows(input_ids, torch.ones_like(input_ids), span_length, guided=True, prompt_images=sources)
+    scheduler = pipe.scheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(steps)
     for t in scheduler.timesteps:
-        cond, uncond = cache.predict(torch.cat([latents, latents]), scheduler.flow_time(t)).chunk(2)
+        flow_time = 1 - t / scheduler.config.num_train_timesteps
+        prediction = pipe.transformer(
+            input_ids=rows.input_ids,
+            attention_mask=rows.attention_mask,
+            position_ids=rows.position_ids,
+            image_latents=rows.images_with(torch.cat([latents, latents])),
+            timesteps=rows.timesteps_with(flow_time.expand(2)),
+            logits_to_keep=1,
+        ).flow_prediction
+        cond, uncond = rows.target_prediction(prediction).chunk(2)
         latents = scheduler.step(uncond + guidance * (cond - uncond), t, latents).prev_sample
     return latents
 

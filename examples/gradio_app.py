@@ -138,7 +138,7 @@ class TunaDemo:
         """Calls the pipeline with a progress bar; its argument errors become messages in the app."""
 
         def report(pipe, step, timestep, callback_kwargs):
-            progress((step + 1, pipe._num_timesteps), desc="sampling")
+            progress((step + 1, pipe.num_timesteps), desc="sampling")
             return callback_kwargs
 
         try:

@@ -96,6 +96,19 @@ def learning_rate_schedule(warmup_steps: int, total_steps: int, shape: str):
     return factor
 
 
+def check_vae_encoding(accelerator, model, dataset: TunaDataset) -> None:
+    """Tuna's images are encoded by its VAE in `prepare_flow_training`, outside the sharded forward: under FSDP the
+    records must bring precomputed `latents`."""
+    if accelerator.distributed_type != DistributedType.FSDP or model.config.visual_encoder != "vae_siglip":
+        return
+    missing = sum(record.get("latents") is None for record in dataset.records if record["task"] != "text")
+    if missing:
+        raise ValueError(
+            f"{missing} records have images but no precomputed `latents`: under FSDP, Tuna's VAE cannot encode them "
+            "outside the sharded forward. Add each record's VAE latents (`tuna_hf.data`, `latents`)."
+        )
+
+
 def latest_checkpoint(output: Path) -> Path | None:
     checkpoints = [path for path in output.glob("checkpoint-*") if CHECKPOINT_PATTERN.search(path.name)]
     return max(checkpoints, key=lambda path: int(CHECKPOINT_PATTERN.search(path.name)[1]), default=None)
@@ -151,7 +164,7 @@ def write_samples(accelerator, model, pipeline, args, step: int) -> None:
         return
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.eval()
-    sampler = TunaPipeline(unwrapped, pipeline.processor, pipeline.scheduler)
+    sampler = TunaPipeline.from_pipe(pipeline, transformer=unwrapped)  # the repository's sampling settings
     sampler.set_progress_bar_config(disable=True)
     height, width = parse_resolution(args.resolution[0])
     images = sampler(
@@ -191,6 +204,7 @@ def main(argv=None):
 
     resolutions = [parse_resolution(r) for r in args.resolution]
     dataset = TunaDataset.from_jsonl(args.data, resolutions, caption_dropout=args.caption_dropout, seed=args.seed)
+    check_vae_encoding(accelerator, model, dataset)
     collator = TunaDataCollator(pipeline.processor)
     groups = dataset.buckets
     if args.group_by_task:
@@ -237,7 +251,10 @@ def main(argv=None):
         epoch_loader.set_epoch(epoch)  # also the dataset's (caption dropout)
         for batch in epoch_loader:
             with accelerator.accumulate(model):
-                outputs = model(**prepare_flow_training(accelerator.unwrap_model(model), batch))
+                # Noised where the model's forward runs: under the same autocast (Tuna's VAE encodes the images).
+                with accelerator.autocast():
+                    inputs = prepare_flow_training(accelerator.unwrap_model(model), batch)
+                outputs = model(**inputs)
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)

@@ -71,3 +71,12 @@ def test_finalize_assembles_the_repository_with_its_card_and_pushes_it(tmp_path,
     assert {"model_index.json", "transformer", "processor", "scheduler"} <= {
         p.name for p in (tmp_path / "out").iterdir()
     }
+
+
+def test_the_pipeline_benchmark_runs(tmp_path):
+    """`benchmarks/bench_pipelines.py` on a one-layer model at 32×32 and 2 steps: its three ways sample the same."""
+    command = [sys.executable, str(REPO / "benchmarks" / "bench_pipelines.py"), "--size", "32", "--steps", "2"]
+    command += ["--hidden-size", "64", "--layers", "1"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("caching:") == 2

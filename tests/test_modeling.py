@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from tuna_hf import TunaConfig, TunaForUnifiedMultimodal, TunaModel
-from tuna_hf.modeling_tuna import omni_attention_mask
+from tuna_hf.modeling_tuna import TunaImageSpans, omni_attention_mask
 from tuna_hf.testing import tiny_tuna_config, tiny_tuna_model, tiny_tuna_processor
 
 ENCODERS = ("vae_siglip", "siglip", "patch")
@@ -216,3 +216,18 @@ class TestErrors:
         model = tiny_tuna_model("vae_siglip", byte_tokenizer)
         with pytest.raises(ValueError, match="1 \\+ 4·k frames"):
             model(input_ids=torch.zeros(1, 4, dtype=torch.long), pixel_values=torch.zeros(1, 3, 3, 32, 32))
+
+
+def test_a_cast_keeps_the_image_rope_frequencies_in_float32(byte_tokenizer):
+    """`.to(torch.bfloat16)` casts the model but not the 3-D RoPE's frequencies, which the official code computes in
+    float32 at every call; the rotations come out as the float32 ones, rounded once."""
+    model = tiny_tuna_model("patch", byte_tokenizer)
+    rope = model.flow_head.rotary_emb
+    frequencies = rope.image_inv_freq.clone()
+    spans = TunaImageSpans.from_input_ids(torch.tensor([[0] + [7] * 17]), image_token_id=7)
+    hidden = torch.zeros(1, 18, 64)
+    expected = rope(hidden, torch.arange(18)[None], spans, (1, 4, 4)).image
+    model.to(torch.bfloat16)
+    assert rope.image_inv_freq.dtype == torch.float32 and torch.equal(rope.image_inv_freq, frequencies)
+    cast = rope(hidden.bfloat16(), torch.arange(18)[None], spans, (1, 4, 4)).image
+    assert all(torch.equal(a, b.bfloat16()) for a, b in zip(cast, expected, strict=True))

@@ -23,7 +23,7 @@ from tuna_hf import (
     TunaVideoPipelineOutput,
 )
 from tuna_hf.pipelines import OFFICIAL_EDIT_NEGATIVE_PROMPT, OFFICIAL_GUIDANCE_DEFAULTS
-from tuna_hf.scheduling_tuna import LEGACY_GUIDANCE_KEYS
+from tuna_hf.scheduling_tuna import LEGACY_GUIDANCE_KEYS, OFFICIAL_SAMPLING_DEFAULTS
 from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ def test_guidance_interval(byte_tokenizer):
     scales = []
 
     def record(pipe, i, t, tensors):
-        scales.append(pipe.guidance_scale_at(1 - float(t) / 1000))
+        scales.append(pipe.guidance_scale_at(1 - float(t) / 1000, pipe.guidance_scale))
         return {}
 
     generate(pipe, num_inference_steps=4, guidance_scale=3.0, callback_on_step_end=record, output_type="latent")
@@ -488,3 +488,82 @@ def test_dict_and_tuple_outputs_are_equal(pipelines):
         return_dict=False,
     )[0]
     assert np.array_equal(as_dict, as_tuple)
+
+
+def legacy_scheduler(tmp_path, **settings):
+    """A scheduler config as saved when it held the guidance settings."""
+    config = {"_class_name": "TunaFlowMatchScheduler", **OFFICIAL_SAMPLING_DEFAULTS["tuna_2"], **settings}
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(config))
+    return TunaFlowMatchScheduler.from_pretrained(tmp_path)
+
+
+def test_an_older_scheduler_serves_every_pipeline_built_on_it(tmp_path, byte_tokenizer):
+    scheduler = legacy_scheduler(tmp_path, guidance_interval=[0.0, 0.925], guidance_scale=2.5)
+    model, processor = tiny_tuna_model("patch", byte_tokenizer), tiny_tuna_processor(byte_tokenizer, SIZE, SIZE)
+    pipes = [cls(model, processor, scheduler) for cls in (TunaPipeline, TunaEditPipeline)]
+    assert [(p.config.guidance_interval, p.config.guidance_scale) for p in pipes] == [((0.0, 0.925), 2.5)] * 2
+    assert scheduler.config.guidance_interval == [0.0, 0.925]  # the given scheduler is left as it was
+    assert all(not set(LEGACY_GUIDANCE_KEYS) & set(p.scheduler.config) for p in pipes)
+
+
+def test_guidance_given_to_the_scheduler_as_before_reaches_the_pipeline(pipelines):
+    pipe = pipelines["patch"]
+    scheduler = TunaFlowMatchScheduler.from_config(pipe.scheduler.config, guidance_interval=(0.0, 0.5))
+    assert TunaPipeline.from_pipe(pipe, scheduler=scheduler).config.guidance_interval == (0.0, 0.5)
+    swapped = TunaPipeline.from_pipe(pipe)
+    swapped.scheduler = scheduler  # after construction: refused at the call, not silently ignored
+    with pytest.raises(ValueError, match=r"The scheduler's config holds \['guidance_interval'\]"):
+        generate(swapped)
+
+
+def test_a_pipeline_needs_its_transformer(pipelines):
+    pipe = pipelines["patch"]
+    with pytest.raises(ValueError, match="needs its `transformer`"):
+        TunaPipeline(None, pipe.processor, pipe.scheduler)
+
+
+def test_a_failing_step_leaves_a_held_prompt_cache_as_it_was(pipelines):
+    pipe = pipelines["patch"]
+    rows, cache = pipe.encode_prompt("a red circle", height=SIZE, width=SIZE)
+    length = cache.decoder_cache.get_seq_length()
+
+    def fail(*args):
+        raise RuntimeError("the flow head failed")
+
+    hook = pipe.transformer.flow_head.register_forward_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="the flow head failed"):
+            generate(pipe, prompt=None, prompt_rows=rows, prompt_cache=cache)
+    finally:
+        hook.remove()
+    assert cache.decoder_cache.get_seq_length() == cache.flow_head_cache.get_seq_length() == length
+    assert len(generate(pipe, prompt=None, prompt_rows=rows, prompt_cache=cache)) == 1
+
+
+def test_calls_on_several_threads_keep_their_own_guidance(pipelines):
+    """The loop works on locals and the diffusers properties are per thread: concurrent calls with other
+    guidance give the images they give alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pipe = pipelines["patch"]
+    settings = [
+        {"guidance_scale": 1.0, "seed": 0},
+        {"guidance_scale": 4.0, "seed": 1},
+        {"guidance_scale": 2.0, "seed": 2},
+    ]
+    seen = {}
+
+    def call(kwargs):
+        def record(pipe, i, t, tensors):
+            seen.setdefault(kwargs["seed"], set()).add(pipe.guidance_scale)
+            return {}
+
+        return generate(pipe, output_type="latent", callback_on_step_end=record, **kwargs)
+
+    alone = [call(kwargs) for kwargs in settings]
+    seen.clear()
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(call, settings * 2))
+    for index, sample in enumerate(together):
+        assert torch.equal(sample, alone[index % 3])
+    assert seen == {0: {1.0}, 1: {4.0}, 2: {2.0}}

@@ -174,6 +174,17 @@ class TestModelLosses:
         torch.testing.assert_close(outputs.flow_loss, ((plain.flow_prediction - (latents - noise)) ** 2).mean())
         assert model.config.ntp_coeff == 0.2 and outputs.ntp_loss is None
 
+    def test_one_time_for_all_images_and_bad_shapes(self, batch):
+        _, batch = batch
+        model = tiny_tuna_model("patch")
+        assert prepare_flow_training(model, batch, timesteps=0.5)["timesteps"].tolist() == [0.5] * 4
+        with pytest.raises(ValueError, match=r"`timesteps` needs one value per image \(4\), got 3"):
+            prepare_flow_training(model, batch, timesteps=[0.5, 0.5, 0.5])
+        with pytest.raises(ValueError, match="`noise` must have the images' shape"):
+            prepare_flow_training(model, batch, noise=torch.zeros(1))
+        with pytest.raises(ValueError, match="pass `flow_labels` too"):
+            model(**{**batch, "pixel_values": None, "image_latents": batch["pixel_values"].unsqueeze(2)})
+
     def test_masking_in_training_only(self):
         """Tuna-2's masks are drawn for a model in training; forward puts the mask token exactly there."""
         model = tiny_tuna_model("patch", mask_ratio_min=0.5, mask_ratio_max=0.5)
@@ -300,6 +311,23 @@ class TestData:
         assert dropped != [i for i in range(20) if dataset[i]["caption"] == ""]
         empty = TunaDataCollator(processor)([dataset[dropped[0]]])
         assert empty["input_ids"].shape[1] == kept["input_ids"].shape[1] - len("a red square")
+
+
+def test_fsdp_training_of_tuna_needs_precomputed_latents(data_dir):
+    """Under FSDP the VAE is sharded with the model: train.py refuses Tuna records without latents up front."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    train = load_train_script()
+    dataset = TunaDataset.from_jsonl(data_files(data_dir), [(SIZE, SIZE)])
+    fsdp = SimpleNamespace(distributed_type=DistributedType.FSDP)
+    with pytest.raises(ValueError, match="9 records have images but no precomputed `latents`"):
+        train.check_vae_encoding(fsdp, tiny_tuna_model("vae_siglip"), dataset)
+    train.check_vae_encoding(fsdp, tiny_tuna_model("patch"), dataset)
+    train.check_vae_encoding(
+        SimpleNamespace(distributed_type=DistributedType.NO), tiny_tuna_model("vae_siglip"), dataset
+    )
 
 
 class TestTrainScript:

@@ -90,7 +90,9 @@ def prepare_flow_training(
     * in training mode, with a mask token (Tuna-2), `bool_masked_pos` marks the visual tokens to mask.
 
     The draws use the global RNG in this order (VAE sample, understanding times, flow times, noise, masks), so a seeded
-    run is reproducible. `timesteps` (`[num_images]`) and `noise` (the clean images' shape) replace the draws.
+    run is reproducible. `timesteps` (`[num_images]`, or one for all) and `noise` (the clean images' shape) replace
+    the draws. Call it where the model's forward runs, under the same autocast with mixed precision (the VAE encodes
+    there); under FSDP give Tuna precomputed `image_latents` (its VAE is sharded with the model).
 
     Args:
         model ([`TunaForUnifiedMultimodal`]): the (unwrapped) model being trained.
@@ -117,9 +119,7 @@ def prepare_flow_training(
         if config.understanding_noise_prob > 0:
             timesteps[_edit_sources(model, batch["input_ids"], targets)] = 1.0
         timesteps[targets] = sample_flow_times(int(targets.sum()), config.prediction_type, clean.device)
-    timesteps = torch.as_tensor(timesteps, device=clean.device).reshape(-1)
-    if timesteps.numel() != clean.shape[0]:
-        raise ValueError(f"`timesteps` needs one value per image ({clean.shape[0]}), got {timesteps.numel()}.")
+    timesteps = model.model._check_timesteps(timesteps, clean)
     if noise is None:
         noise = torch.randn_like(clean) * config.noise_scale
     if noise.shape != clean.shape:

@@ -128,8 +128,8 @@ class TunaModelOutputWithPast(ModelOutput):
             each layer, with `output_hidden_states=True`.
         attentions (`tuple[torch.FloatTensor]`, *optional*): the decoder's attention weights, with
             `output_attentions=True` (eager attention).
-        image_hidden_states (`torch.FloatTensor` `[num_images, T·h·w, hidden]`, *optional*): the visual tokens the
-            front-end made of the images (before they were placed in their spans).
+        image_hidden_states (`torch.FloatTensor` `[num_images, T·h·w, hidden]`, *optional*): the visual tokens of the
+            images as they were placed in their spans (the front-end's output, after `bool_masked_pos` masking).
         flow_inputs ([`TunaFlowInputs`], *optional*): what the flow head conditions on (internal).
     """
 
@@ -307,6 +307,16 @@ class TunaFlowHeadRotaryEmbedding(LlamaRotaryEmbedding):
         image_inv_freq, image_axis = self.compute_image_rope_parameters(config)
         self.image_inv_freq = nn.Buffer(image_inv_freq, persistent=False)
         self.image_axis = nn.Buffer(image_axis, persistent=False)
+
+    def _apply(self, fn, recurse: bool = True):
+        """Moved and cast like any module, but a cast (`.to(torch.bfloat16)`, `.half()`) does not round the image
+        frequencies: the official code computes them in float32 at every call (the text ones follow the cast, as the
+        official module's do)."""
+        super()._apply(fn, recurse)
+        if self.image_inv_freq.dtype != torch.float32:
+            image_inv_freq, _ = self.compute_image_rope_parameters(self.config)
+            self.image_inv_freq = image_inv_freq.to(self.image_inv_freq.device)
+        return self
 
     @staticmethod
     def compute_image_rope_parameters(config: TunaFlowHeadConfig) -> tuple[torch.Tensor, torch.LongTensor]:

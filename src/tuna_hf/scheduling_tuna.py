@@ -81,9 +81,11 @@ class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def extract_init_dict(cls, config_dict: dict, **kwargs):
-        """Diffusers' config reading, keeping an older config's guidance settings (`LEGACY_GUIDANCE_KEYS`) as hidden
-        entries instead of warning that they are ignored: the pipeline takes them over."""
+        """Diffusers' config reading, keeping guidance settings (`LEGACY_GUIDANCE_KEYS`) of an older config, or given
+        to `from_config` as before, as hidden entries instead of ignoring them: a pipeline built with this scheduler
+        takes them over."""
         legacy = {key: config_dict[key] for key in LEGACY_GUIDANCE_KEYS if key in config_dict}
+        legacy.update({key: kwargs.pop(key) for key in LEGACY_GUIDANCE_KEYS if key in kwargs})
         current = {key: value for key, value in config_dict.items() if key not in legacy}
         init_dict, unused_kwargs, hidden_dict = super().extract_init_dict(current, **kwargs)
         return init_dict, unused_kwargs, {**hidden_dict, **legacy}

@@ -68,7 +68,8 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
             (0, 1), always.
 
     The settings are stored in `model_index.json` and shared by both pipelines of a repository (`from_pipe`). A
-    repository saved when the guidance settings lived in the scheduler config loads with them.
+    scheduler whose config still holds guidance settings (a repository saved when they lived there) gives them to the
+    pipeline, which keeps a copy of the scheduler without them.
     """
 
     model_cpu_offload_seq = "transformer"
@@ -83,9 +84,11 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         guidance_scale: float | None = None,
         edit_guidance_scale: float | None = None,
         video_guidance_scale: float | None = None,
-        guidance_interval: tuple[float, float] | None = None,
+        guidance_interval: tuple[float, float] | list[float] | None = None,
     ):
         super().__init__()
+        if transformer is None:
+            raise ValueError("A TUNA pipeline needs its `transformer`: it is the whole model.")
         if not isinstance(edit_negative_prompt, str):
             raise TypeError(f"`edit_negative_prompt` must be a string, got {edit_negative_prompt!r}.")
         prediction_type = transformer.config.prediction_type
@@ -100,7 +103,7 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
             "video_guidance_scale": video_guidance_scale,
             "guidance_interval": guidance_interval,
         }
-        legacy = self._take_legacy_guidance(scheduler)
+        scheduler, legacy = self._split_legacy_guidance(scheduler)
         official = OFFICIAL_GUIDANCE_DEFAULTS[transformer.config.variant]
         settings = {
             name: value if value is not None else legacy.get(name, official[name]) for name, value in given.items()
@@ -112,15 +115,16 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         self.register_to_config(edit_negative_prompt=edit_negative_prompt, **settings)
 
     @staticmethod
-    def _take_legacy_guidance(scheduler) -> dict:
-        """Guidance settings an older scheduler config holds (`LEGACY_GUIDANCE_KEYS`), moved out of it: this
-        pipeline's config holds them now, and `save_pretrained` writes them there."""
+    def _split_legacy_guidance(scheduler) -> tuple[TunaFlowMatchScheduler, dict]:
+        """The guidance settings an older scheduler config holds (`LEGACY_GUIDANCE_KEYS`), and a copy of the
+        scheduler without them (the given one is left as it is); this pipeline's config holds them now, and
+        `save_pretrained` writes them there."""
         config = dict(scheduler.config)
         legacy = {key: config.pop(key) for key in LEGACY_GUIDANCE_KEYS if key in config}
-        if legacy:
-            logger.info(f"Guidance settings {sorted(legacy)} read from an older scheduler config.")
-            scheduler._internal_dict = FrozenDict(config)
-        return legacy
+        if not legacy:
+            return scheduler, legacy
+        logger.info(f"Guidance settings {sorted(legacy)} read from the scheduler config (their place before 0.2).")
+        return scheduler.from_config(FrozenDict(config)), legacy
 
     @staticmethod
     def _check_guidance_scale(name: str, value) -> float:
@@ -160,16 +164,19 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         Unlike diffusers' `from_pipe`, which casts the shared modules to `dtype` (float32 by default) in place,
         nothing is cast.
         """
-        settings = ("edit_negative_prompt", *LEGACY_GUIDANCE_KEYS)
-        unknown = set(kwargs) - set(COMPONENT_NAMES) - set(settings)
+        setting_names = ("edit_negative_prompt", *LEGACY_GUIDANCE_KEYS)
+        unknown = set(kwargs) - set(COMPONENT_NAMES) - set(setting_names)
         if unknown:
             raise TypeError(
-                f"`from_pipe` takes only components {COMPONENT_NAMES} and the settings {settings}, "
+                f"`from_pipe` takes only components {COMPONENT_NAMES} and the settings {setting_names}, "
                 f"got {sorted(unknown)}."
             )
         components = {name: kwargs.get(name, getattr(pipeline, name)) for name in COMPONENT_NAMES}
-        inherited = {name: kwargs.get(name, pipeline.config.get(name)) for name in settings}
-        return cls(**components, **{name: value for name, value in inherited.items() if value is not None})
+        # A new scheduler's guidance settings (given to it as before they moved) replace the inherited ones.
+        from_scheduler = set(LEGACY_GUIDANCE_KEYS) & set(components["scheduler"].config)
+        settings = {name: pipeline.config.get(name) for name in setting_names if name not in from_scheduler}
+        settings.update({name: kwargs[name] for name in setting_names if name in kwargs})
+        return cls(**components, **{name: value for name, value in settings.items() if value is not None})
 
     @property
     def vae_scale_factor(self) -> int:

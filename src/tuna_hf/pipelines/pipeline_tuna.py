@@ -1,15 +1,30 @@
 """Text-to-image (all variants) and text-to-video (Tuna) with TUNA."""
 
+import threading
+import weakref
 from collections.abc import Callable
 
 import torch
 from diffusers.utils import logging
 
+from ..scheduling_tuna import LEGACY_GUIDANCE_KEYS
 from .base import OUTPUT_TYPES, TunaBasePipeline
 from .pipeline_output import TunaPipelineOutput, TunaVideoPipelineOutput
 from .prompt_cache import TunaPromptCache, TunaPromptRows
 
 logger = logging.get_logger(__name__)
+
+# What the call running on this thread shows through a pipeline's diffusers properties (`guidance_scale`,
+# `num_timesteps`, `interrupt`, which callbacks read and set): per pipeline and per thread, so that one pipeline serves
+# many threads. The loop itself works on locals.
+_CALLS = threading.local()
+
+
+def _call_state(pipeline: "TunaPipeline") -> dict:
+    if not hasattr(_CALLS, "states"):
+        _CALLS.states = weakref.WeakKeyDictionary()
+    return _CALLS.states.setdefault(pipeline, {})
+
 
 # The negative prompt of the official text-to-image predict config (`configs/predict/t2i.yaml`). Pass it as
 # `negative_prompt` to reproduce the official runs; the official pipeline itself uses empty text when none is given.
@@ -51,33 +66,52 @@ class TunaPipeline(TunaBasePipeline):
 
     @property
     def guidance_scale(self) -> float:
-        return self._guidance_scale
+        """The guidance scale of the call running on this thread."""
+        return _call_state(self)["guidance_scale"]
 
     @property
     def do_classifier_free_guidance(self) -> bool:
-        # The official samplers guide whenever the scale is positive (`if guidance_scale > 0.0`), so 0 < g < 1
-        # extrapolates towards the unconditional prediction; g = 1 is the conditional prediction, skipped here.
-        return self._guidance_scale > 0 and self._guidance_scale != 1
+        return self.guides(self.guidance_scale)
 
-    def _set_guidance_scale(self, guidance_scale: float | None, default: float, negative_prompt) -> None:
-        self._guidance_scale = self._check_guidance_scale(
+    @staticmethod
+    def guides(guidance_scale: float) -> bool:
+        """Whether `guidance_scale` needs the unconditional rows. The official samplers guide whenever the scale is
+        positive (`if guidance_scale > 0.0`), so 0 < g < 1 extrapolates towards the unconditional prediction; g = 1
+        is the conditional prediction alone, as g = 0."""
+        return guidance_scale > 0 and guidance_scale != 1
+
+    def _start_call(self, guidance_scale: float | None, default: float, negative_prompt) -> float:
+        """This call's guidance scale (default `default`), checked and shown by `guidance_scale`."""
+        guidance_scale = self._check_guidance_scale(
             "guidance_scale", default if guidance_scale is None else guidance_scale
         )
-        if negative_prompt and not self.do_classifier_free_guidance:
-            logger.warning(f"`negative_prompt` is not used: guidance_scale={self._guidance_scale} does not guide.")
+        if negative_prompt and not self.guides(guidance_scale):
+            logger.warning(f"`negative_prompt` is not used: guidance_scale={guidance_scale} does not guide.")
+        _call_state(self).update(guidance_scale=guidance_scale, interrupt=False, num_timesteps=None)
+        return guidance_scale
 
-    def guidance_scale_at(self, flow_time: float) -> float:
-        """This call's guidance scale inside `guidance_interval`, 1 (the conditional prediction) outside it."""
+    def guidance_scale_at(self, flow_time: float, guidance_scale: float) -> float:
+        """`guidance_scale` inside `guidance_interval`, 1 (the conditional prediction) outside it."""
         low, high = self.config.guidance_interval
-        return self.guidance_scale if flow_time < high and (low == 0 or flow_time > low) else 1.0
+        return guidance_scale if flow_time < high and (low == 0 or flow_time > low) else 1.0
 
     @property
     def num_timesteps(self) -> int:
-        return self._num_timesteps
+        """The model calls of the call running on this thread."""
+        return _call_state(self)["num_timesteps"]
 
     @property
     def interrupt(self) -> bool:
-        return self._interrupt
+        """Set `pipe._interrupt = True` in a callback to skip the rest of this thread's call's steps."""
+        return _call_state(self).get("interrupt", False)
+
+    @property
+    def _interrupt(self) -> bool:
+        return self.interrupt
+
+    @_interrupt.setter
+    def _interrupt(self, value: bool):
+        _call_state(self)["interrupt"] = bool(value)
 
     def check_inputs(
         self,
@@ -96,6 +130,12 @@ class TunaPipeline(TunaBasePipeline):
     ) -> list[str] | None:
         """Checks the call's arguments (an encoded prompt's consistency with this call too); returns the prompts as a
         list (None for an encoded prompt)."""
+        stale = sorted(set(LEGACY_GUIDANCE_KEYS) & set(self.scheduler.config))
+        if stale:
+            raise ValueError(
+                f"The scheduler's config holds {stale}: guidance settings are the pipeline's, pass them as "
+                f"`TunaPipeline.from_pipe(pipe, scheduler=..., {stale[0]}=...)`."
+            )
         if prompt_rows is None:
             if prompt_cache is not None:
                 raise ValueError("`prompt_cache` belongs to the `prompt_rows` it was filled from: pass both.")
@@ -232,7 +272,8 @@ class TunaPipeline(TunaBasePipeline):
         height, width = self._default_size(height, width)
         video = num_frames > 1
         default_guidance = self.config.video_guidance_scale if video else self.config.guidance_scale
-        self._set_guidance_scale(guidance_scale, default_guidance, negative_prompt)
+        guidance_scale = self._start_call(guidance_scale, default_guidance, negative_prompt)
+        do_classifier_free_guidance = self.guides(guidance_scale)
         prompts = self.check_inputs(
             prompt,
             negative_prompt,
@@ -247,7 +288,6 @@ class TunaPipeline(TunaBasePipeline):
             prompt_cache=prompt_cache,
             use_prompt_cache=use_prompt_cache,
         )
-        self._interrupt = False
         device, dtype = self._execution_device, self.transformer.dtype
 
         # 2. Encode the prompt: the rows of the official layout and, with prompt caching, their prefix run once
@@ -259,7 +299,7 @@ class TunaPipeline(TunaBasePipeline):
                 width,
                 num_frames,
                 num_images_per_prompt,
-                self.do_classifier_free_guidance,
+                do_classifier_free_guidance,
                 use_prompt_cache,
             )
         elif use_prompt_cache and prompt_cache is None:
@@ -280,7 +320,7 @@ class TunaPipeline(TunaBasePipeline):
         scheduler = self.scheduler.from_config(self.scheduler.config)
         scheduler.set_timesteps(num_inference_steps, device=device, grid_dtype=dtype)
         timesteps = scheduler.timesteps
-        self._num_timesteps = len(timesteps)
+        _call_state(self)["num_timesteps"] = len(timesteps)
 
         # 5. Denoising loop. The sample stays in float32 (the official Tuna sampler does so too); CFG rows are
         # `[conditional; unconditional]`, guided on the model's prediction.
@@ -289,22 +329,24 @@ class TunaPipeline(TunaBasePipeline):
                 if self.interrupt:
                     continue
                 flow_time = 1 - t / scheduler.config.num_train_timesteps  # TUNA's time: t = 1 is clean
-                latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
                 latent_model_input = latent_model_input.to(dtype)
                 timestep = flow_time.to(dtype).expand(latent_model_input.shape[0])
                 if prompt_cache is not None:  # only the image spans, on top of the cached prompts
-                    noise_pred = self.transformer(
-                        input_ids=prompt_cache.input_ids,
-                        attention_mask=prompt_cache.attention_mask,
-                        position_ids=prompt_cache.position_ids,
-                        image_latents=latent_model_input,
-                        timesteps=timestep,
-                        past_key_values=prompt_cache.decoder_cache,
-                        flow_head_past_key_values=prompt_cache.flow_head_cache,
-                        use_cache=True,
-                        logits_to_keep=1,
-                    ).flow_prediction
-                    prompt_cache.crop()
+                    try:
+                        noise_pred = self.transformer(
+                            input_ids=prompt_cache.input_ids,
+                            attention_mask=prompt_cache.attention_mask,
+                            position_ids=prompt_cache.position_ids,
+                            image_latents=latent_model_input,
+                            timesteps=timestep,
+                            past_key_values=prompt_cache.decoder_cache,
+                            flow_head_past_key_values=prompt_cache.flow_head_cache,
+                            use_cache=True,
+                            logits_to_keep=1,
+                        ).flow_prediction
+                    finally:
+                        prompt_cache.crop()
                 else:  # the whole rows, as the official sampler
                     noise_pred = self.transformer(
                         input_ids=prompt_rows.input_ids,
@@ -316,9 +358,9 @@ class TunaPipeline(TunaBasePipeline):
                     ).flow_prediction
                     noise_pred = prompt_rows.target_prediction(noise_pred)
                 noise_pred = noise_pred.float()
-                if self.do_classifier_free_guidance:
+                if do_classifier_free_guidance:
                     noise_pred_cond, noise_pred_uncond = noise_pred.chunk(2)
-                    scale = self.guidance_scale_at(float(flow_time))
+                    scale = self.guidance_scale_at(float(flow_time), guidance_scale)
                     noise_pred = noise_pred_uncond + scale * (noise_pred_cond - noise_pred_uncond)
 
                 latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]

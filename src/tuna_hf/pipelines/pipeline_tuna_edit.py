@@ -133,7 +133,7 @@ class TunaEditPipeline(TunaPipeline):
             raise ValueError("Pass exactly one of `image` and `image_latents`.")
         source_height, source_width = self._source_size(image, image_latents)
         height, width = height or source_height, width or source_width
-        self._set_guidance_scale(guidance_scale, self.config.edit_guidance_scale, negative_prompt)
+        guidance_scale = self._start_call(guidance_scale, self.config.edit_guidance_scale, negative_prompt)
         prompts = self.check_inputs(
             prompt,
             negative_prompt,
@@ -156,7 +156,7 @@ class TunaEditPipeline(TunaPipeline):
             height,
             width,
             num_images_per_prompt,
-            self.do_classifier_free_guidance,
+            self.guides(guidance_scale),
             use_prompt_cache,
         )
 
@@ -165,7 +165,7 @@ class TunaEditPipeline(TunaPipeline):
             height=height,
             width=width,
             num_inference_steps=num_inference_steps,
-            guidance_scale=self.guidance_scale,
+            guidance_scale=guidance_scale,
             generator=generator,
             latents=latents,
             output_type=output_type,
