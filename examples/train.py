@@ -31,6 +31,7 @@ from tuna_hf import TunaPipeline
 from tuna_hf.data import ResolutionBucketSampler, TunaDataCollator, TunaDataset
 from tuna_hf.hub import upload_repository, write_model_card
 from tuna_hf.losses import prepare_flow_training
+from tuna_hf.pipelines.base import write_transformers_entry
 from tuna_hf.recipes import RECIPES, apply_recipe, count_trainable_parameters
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)$")
@@ -130,6 +131,7 @@ def save_result(accelerator, model, pipeline, args, steps: int, lora: bool) -> P
     unwrapped.save_pretrained(repository / "transformer", state_dict=state_dict)
     pipeline.processor.save_pretrained(repository / "processor")
     pipeline.scheduler.save_pretrained(repository / "scheduler")
+    write_transformers_entry(repository)
     provenance = (
         f"Trained with tuna-hf's `examples/train.py` from `{args.model}`: recipe `{args.recipe}`, {steps} steps of "
         f"{args.batch_size} × {args.gradient_accumulation_steps} samples, learning rate {args.learning_rate}"

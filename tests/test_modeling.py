@@ -115,7 +115,7 @@ import tuna_hf, torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 root = {str(tmp_path)!r}
 assert type(AutoConfig.from_pretrained(root, subfolder="transformer")).__name__ == "TunaConfig"
-assert type(AutoModel.from_pretrained(root, subfolder="transformer")).__name__ == "TunaModel"
+assert type(AutoModel.from_pretrained(root, subfolder="transformer")).__name__ == "TunaForUnifiedMultimodal"
 generator = AutoModelForImageTextToText.from_pretrained(root, subfolder="transformer")
 assert type(generator).__name__ == "TunaForUnifiedMultimodal"
 assert type(AutoProcessor.from_pretrained(root, subfolder="processor")).__name__ == "TunaProcessor"
@@ -123,11 +123,12 @@ assert type(AutoProcessor.from_pretrained(root, subfolder="processor")).__name__
     subprocess.run([sys.executable, "-c", script], check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
 
 
-def test_auto_model_is_the_base_model(tmp_path, byte_tokenizer):
+def test_auto_model_answers_and_the_base_model_has_its_name(tmp_path, byte_tokenizer):
     tiny_tuna_model("siglip", byte_tokenizer).save_pretrained(tmp_path)
     from transformers import AutoModel
 
-    assert isinstance(AutoModel.from_pretrained(tmp_path), TunaModel)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), TunaForUnifiedMultimodal)
+    assert isinstance(TunaModel.from_pretrained(tmp_path), TunaModel)
 
 
 def test_image_text_to_text_pipeline(tmp_path, byte_tokenizer, processor):

@@ -24,7 +24,7 @@ from tuna_hf import (
 )
 from tuna_hf.pipelines import OFFICIAL_EDIT_NEGATIVE_PROMPT, OFFICIAL_GUIDANCE_DEFAULTS
 from tuna_hf.scheduling_tuna import LEGACY_GUIDANCE_KEYS, OFFICIAL_SAMPLING_DEFAULTS
-from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
+from tuna_hf.testing import add_random_lora, tiny_tuna_model, tiny_tuna_processor
 
 REPO = Path(__file__).resolve().parents[1]
 ENCODERS = ("vae_siglip", "siglip", "patch")
@@ -364,27 +364,16 @@ def test_hub_repo_ids_go_through_download(tmp_path, pipelines, monkeypatch):
 
 
 class TestLora:
-    TARGETS = ["q_proj", "v_proj"]
 
     @pytest.fixture
     def pipe(self, byte_tokenizer):
         return tiny_pipeline("patch", byte_tokenizer)
 
-    def add_random_lora(self, model):
-        from peft import LoraConfig
-
-        model.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=self.TARGETS), adapter_name="style")
-        torch.manual_seed(3)
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if "lora_B" in name:
-                    parameter.normal_(0, 0.5)
-
     def test_peft_directory_and_diffusers_file(self, tmp_path, byte_tokenizer, pipe):
         from peft import get_peft_model_state_dict
 
         base = generate(pipe, output_type="latent")
-        self.add_random_lora(pipe.transformer)
+        add_random_lora(pipe.transformer)
         adapted = generate(pipe, output_type="latent")
         assert (adapted - base).abs().max() > 1e-3
         pipe.transformer.save_pretrained(tmp_path / "peft")
@@ -400,7 +389,7 @@ class TestLora:
 
     def test_set_adapters_fuse_and_unload(self, pipe):
         base = generate(pipe, output_type="latent")
-        self.add_random_lora(pipe.transformer)
+        add_random_lora(pipe.transformer)
         adapted = generate(pipe, output_type="latent")
         pipe.set_adapters(["style"], adapter_weights=[0.0])
         torch.testing.assert_close(generate(pipe, output_type="latent"), base)

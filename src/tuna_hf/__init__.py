@@ -20,7 +20,8 @@ from .scheduling_tuna import TunaFlowMatchScheduler
 
 AutoConfig.register("tuna", TunaConfig, exist_ok=True)
 AutoConfig.register("tuna_flow_head", TunaFlowHeadConfig, exist_ok=True)
-AutoModel.register(TunaConfig, TunaModel, exist_ok=True)
+# `AutoModel` gives the model with both heads (it answers and generates); the base `TunaModel` is imported by name.
+AutoModel.register(TunaConfig, TunaForUnifiedMultimodal, exist_ok=True)
 AutoModelForImageTextToText.register(TunaConfig, TunaForUnifiedMultimodal, exist_ok=True)
 AutoImageProcessor.register(TunaConfig, image_processor_classes={"pil": TunaImageProcessor}, exist_ok=True)
 AutoProcessor.register(TunaConfig, TunaProcessor, exist_ok=True)

@@ -216,6 +216,17 @@ class TunaConfig(PreTrainedConfig):
         return VARIANT_NAMES[self.visual_encoder]
 
     @property
+    def context_length(self) -> int:
+        """The decoder's context: `max_position_embeddings`, extended by the factor of a scaled RoPE (linear,
+        dynamic, yarn, longrope, llama3) over its original length, as transformers' Qwen2 allows."""
+        text = self.text_config
+        rope = text.rope_parameters or {}
+        if rope.get("rope_type", "default") == "default" or not rope.get("factor"):
+            return text.max_position_embeddings
+        original = rope.get("original_max_position_embeddings") or text.max_position_embeddings
+        return max(text.max_position_embeddings, int(original * rope["factor"]))
+
+    @property
     def pixels_per_token(self) -> int:
         """Image pixels per token side (16 in every released TUNA)."""
         if self.visual_encoder == "vae_siglip":

@@ -29,11 +29,13 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm, eager_attention_forward
 from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipVisionEmbeddings
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.import_utils import torch_compilable_check
 
 from .configuration_tuna import TunaConfig, TunaFlowHeadConfig
 from .losses import flow_loss
@@ -51,11 +53,15 @@ class TunaImageSpans:
     @classmethod
     def from_input_ids(cls, input_ids: torch.LongTensor, image_token_id: int) -> "TunaImageSpans":
         """Each maximal run of `image_token_id` is one span; spans are numbered in row-major order."""
-        in_span = input_ids == image_token_id
+        return cls.from_slots(input_ids == image_token_id)
+
+    @classmethod
+    def from_slots(cls, in_span: torch.BoolTensor) -> "TunaImageSpans":
+        """The spans of the marked positions `[B, L]`: each maximal run is one span, numbered in row-major order."""
         starts = in_span & ~F.pad(in_span[:, :-1], (1, 0), value=False)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        positions = torch.arange(in_span.shape[1], device=in_span.device).expand_as(in_span)
         span_start = torch.where(starts, positions, -1).cummax(dim=1).values
-        numbering = starts.flatten().cumsum(0).view_as(input_ids) - 1
+        numbering = starts.flatten().cumsum(0).view_as(in_span) - 1
         return cls(torch.where(in_span, numbering, -1), torch.where(in_span, positions - span_start, -1))
 
     @property
@@ -631,6 +637,7 @@ class TunaModel(TunaPreTrainedModel):
             )
         return torch.where(bool_masked_pos[..., None], self.mask_token.to(image_embeds.dtype), image_embeds)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -643,7 +650,7 @@ class TunaModel(TunaPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         bool_masked_pos: torch.BoolTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TunaModelOutputWithPast:
         r"""
         Args:
@@ -658,7 +665,8 @@ class TunaModel(TunaPreTrainedModel):
             attention_mask (`torch.Tensor` `[B, past + L]`, *optional*): 1 for tokens, 0 for padding.
             position_ids (`torch.LongTensor` `[B, L]`, *optional*): defaults to the positions after the cache.
             past_key_values (`Cache`, *optional*): the decoder's key/value cache.
-            inputs_embeds (`torch.FloatTensor` `[B, L, hidden]`, *optional*): instead of `input_ids` (text only).
+            inputs_embeds (`torch.FloatTensor` `[B, L, hidden]`, *optional*): instead of `input_ids`; with images, the
+                image slots must hold the embedding of `<|image_pad|>`, which locates the spans.
             use_cache (`bool`, *optional*): return a key/value cache (a new `DynamicCache` if none was given).
             bool_masked_pos (`torch.BoolTensor` `[num_images, T·h·w]`, *optional*): visual tokens replaced by the mask
                 token (Tuna-2 training, see `tuna_hf.losses.prepare_flow_training`).
@@ -674,19 +682,15 @@ class TunaModel(TunaPreTrainedModel):
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         self._check_context_length(inputs_embeds.shape[1] + past_length)
         if position_ids is None:
-            position_ids = torch.arange(
-                past_length, past_length + inputs_embeds.shape[1], device=inputs_embeds.device
-            )[None]
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_length)[None]
 
         if pixel_values is not None:
             image_latents = self.encode_images(pixel_values)
         flow_inputs = TunaFlowInputs(position_ids=position_ids, attention_mask=attention_mask)
         image_embeds = None
         if image_latents is not None:
-            if input_ids is None:
-                raise ValueError("Images need `input_ids`: their `<|image_pad|>` spans say where the images go.")
             image_latents = self._check_image_latents(image_latents)
-            spans = self.image_spans(input_ids)
+            spans = self._locate_spans(input_ids, inputs_embeds)
             timesteps = self._check_timesteps(timesteps, image_latents)
             timestep_embeds = self.timestep_embedder(timesteps, inputs_embeds.dtype)
             image_embeds = self.patchify(image_latents)
@@ -696,9 +700,12 @@ class TunaModel(TunaPreTrainedModel):
             inputs_embeds = self._insert_images(inputs_embeds, spans, timestep_embeds, image_embeds)
             flow_inputs.spans, flow_inputs.grid = spans, self.token_grid(image_latents)
             flow_inputs.timesteps, flow_inputs.timestep_embeds = timesteps, timestep_embeds
-        elif input_ids is not None and past_length == 0 and (input_ids == self.config.image_token_id).any():
-            raise ValueError(
-                "`input_ids` contain image spans but neither `pixel_values` nor `image_latents` was given."
+        elif input_ids is not None:
+            # Without a cache the spans' images are missing (with one, they are cached).
+            spans_without_images = (input_ids == self.config.image_token_id).any() & (past_length == 0)
+            torch_compilable_check(
+                ~spans_without_images,
+                "`input_ids` contain image spans but neither `pixel_values` nor `image_latents` was given.",
             )
 
         mask = omni_attention_mask(
@@ -720,6 +727,20 @@ class TunaModel(TunaPreTrainedModel):
             image_hidden_states=image_embeds,
             flow_inputs=flow_inputs,
         )
+
+    def _locate_spans(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> TunaImageSpans:
+        """The image spans, from `input_ids`, or (as Llava and Qwen2-VL do) from the positions of `inputs_embeds`
+        that hold the embedding of `<|image_pad|>`."""
+        if input_ids is not None:
+            return self.image_spans(input_ids)
+        image_pad = torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+        slots = (inputs_embeds == self.get_input_embeddings()(image_pad).to(inputs_embeds.dtype)).all(-1)
+        if not slots.any():
+            raise ValueError(
+                "Images need their spans: pass `input_ids`, or `inputs_embeds` whose image slots hold the embedding "
+                "of `<|image_pad|>` (`model.get_input_embeddings()(input_ids)`)."
+            )
+        return TunaImageSpans.from_slots(slots)
 
     def _insert_images(
         self,
@@ -793,12 +814,15 @@ class TunaModel(TunaPreTrainedModel):
                 f"{tokens_per_image + 1} `<|image_pad|>` tokens for these images; spans have {lengths.tolist()}."
             )
 
-    def _check_context_length(self, length: int):
-        limit = self.config.text_config.max_position_embeddings
-        if length > limit:
-            raise ValueError(
-                f"The sequence ({length} tokens) exceeds the context of {limit} tokens (max_position_embeddings)."
-            )
+    def _check_context_length(self, length: int | torch.Tensor):
+        limit = self.config.context_length
+        torch_compilable_check(
+            length <= limit,
+            lambda: (
+                f"The sequence ({int(length)} tokens) exceeds the context of {limit} tokens "
+                "(max_position_embeddings, times the factor of a scaled `rope_parameters`)."
+            ),
+        )
 
     def _check_device(self, name: str, tensor: torch.Tensor):
         if tensor.device != self.device:
@@ -810,6 +834,13 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
 
     output_modalities = ("image", "text")
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # The decoder's plans come with it (Qwen2's); the LM head as in `Qwen2ForCausalLM`. The flow head and the visual
+    # front-ends are replicated under tensor parallelism and sit after / before the pipeline stages.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
+    # Decoding (text tokens on a static cache) compiles to one graph; a forward with images does not: where its spans
+    # are depends on the data.
+    _can_compile_fullgraph = True
 
     def __init__(self, config: TunaConfig):
         super().__init__(config)
@@ -883,6 +914,7 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             model.model.vae.load_state_dict(pretrained_vae.state_dict())
         return model
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -900,7 +932,7 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         flow_labels: torch.FloatTensor | None = None,
         generation_targets: torch.BoolTensor | None = None,
         bool_masked_pos: torch.BoolTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TunaCausalLMOutputWithPast:
         r"""
         The arguments of [`TunaModel.forward`], and:
@@ -934,11 +966,11 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             bool_masked_pos=bool_masked_pos,
+            return_dict=True,
             **kwargs,
         )
         hidden_states, flow_inputs = outputs.last_hidden_state, outputs.flow_inputs
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
         ntp_loss = None
         if labels is not None:
             ntp_loss = self.loss_function(logits, labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
@@ -1019,18 +1051,32 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(
         self,
-        *args,
+        input_ids: torch.LongTensor,
+        past_key_values: Cache | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
         image_latents: torch.FloatTensor | None = None,
         timesteps: torch.FloatTensor | None = None,
         is_first_iteration: bool = False,
         **kwargs,
     ) -> dict:
-        """`image_latents` and their `timesteps` go to the first forward only, as transformers does with
-        `pixel_values`: the later steps find the images in the cache."""
-        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
-        if is_first_iteration or not kwargs.get("use_cache", True):
-            model_inputs["image_latents"] = image_latents
-            model_inputs["timesteps"] = timesteps
+        """transformers' preparation, with two changes. The images (`pixel_values` or `image_latents`, and their
+        `timesteps`) go with the forward that fills an empty cache, whichever iteration it is: an assistant's
+        prefill runs as "not first" and would get the spans without their images. And the 2-D `attention_mask` stays
+        2-D, also with static caches, so that the forward builds the omni mask (docs/architecture.md §3) itself."""
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            past_key_values=past_key_values,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        model_inputs["attention_mask"] = attention_mask
+        filling = past_key_values is None or past_key_values.get_seq_length() == 0
+        if is_first_iteration or filling or not kwargs.get("use_cache", True):
+            model_inputs.update(pixel_values=pixel_values, image_latents=image_latents, timesteps=timesteps)
         return model_inputs
 
 

@@ -3,11 +3,11 @@
 from collections.abc import Callable
 
 from transformers.image_utils import ImageInput
-from transformers.processing_utils import BatchFeature, ProcessorMixin
+from transformers.processing_utils import BatchFeature, ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase, TextInput
 from transformers.video_utils import VideoInput
 
-from .image_processing_tuna import TunaImageProcessor
+from .image_processing_tuna import TunaImageProcessor, TunaImageProcessorKwargs
 
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
@@ -55,6 +55,17 @@ def tuna_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     return {name: tokenizer.convert_tokens_to_ids(token) for name, token in tokens.items()}
 
 
+class TunaProcessorKwargs(ProcessingKwargs, total=False):
+    """The processor's call arguments: transformers' ones, TUNA's image arguments (`height`, `width`), and the defaults
+    of the official understanding prompt (no special tokens added, left padding, PyTorch tensors)."""
+
+    images_kwargs: TunaImageProcessorKwargs
+    _defaults = {
+        "text_kwargs": {"add_special_tokens": False, "padding_side": "left", "truncation": False},
+        "common_kwargs": {"return_tensors": "pt"},
+    }
+
+
 class TunaProcessor(ProcessorMixin):
     r"""
     Constructs a TUNA processor from a [`TunaImageProcessor`] and a Qwen2.5 tokenizer extended by
@@ -82,7 +93,7 @@ class TunaProcessor(ProcessorMixin):
             Frames per latent frame (Wan VAE: `T = 1 + (frames - 1) / 4`); 1 if frames are not compressed.
     """
 
-    text_kwargs = {"add_special_tokens": False, "padding_side": "left"}
+    valid_processor_kwargs = TunaProcessorKwargs
 
     def __init__(
         self,
@@ -126,9 +137,7 @@ class TunaProcessor(ProcessorMixin):
         text: TextInput | list[TextInput] | None = None,
         images: ImageInput | None = None,
         videos: VideoInput | None = None,
-        return_tensors: str | None = "pt",
-        max_length: int | None = None,
-        **kwargs,
+        **kwargs: Unpack[TunaProcessorKwargs],
     ) -> BatchFeature:
         """
         Tokenize `text` for understanding, replacing each `<image>` placeholder (in order) by the span of the
@@ -138,30 +147,38 @@ class TunaProcessor(ProcessorMixin):
             text (`str` or `list[str]`, *optional*): the prompts, e.g. from [`~TunaProcessor.apply_chat_template`].
             images (PIL images, arrays or tensors, *optional*): one per `<image>` placeholder, in order.
             videos (lists of frames, *optional*): instead of `images`; each fills one placeholder.
-            return_tensors (`str`, *optional*, defaults to `"pt"`): the tensor type of the outputs.
-            max_length (`int`, *optional*): a row longer than this raises; text is never truncated.
-            kwargs: tokenizer and image-processor arguments (e.g. `height`, `width`).
+            kwargs: the processor arguments, flat or per modality as for every transformers processor
+                (`return_tensors`, default `"pt"`; tokenizer arguments such as `padding` or `max_length`; image
+                arguments such as `height` and `width`). Text is never truncated: a row longer than `max_length`
+                raises, and `truncation=True` is refused, since it would cut image spans.
 
         Returns a `BatchFeature` with `input_ids`, `attention_mask` and `pixel_values` (`[B, 3, H, W]`, or
         `[B, 3, T, H, W]` for videos).
         """
         if images is not None and videos is not None:
             raise ValueError("Pass either `images` or `videos`: both fill the `<image>` placeholders.")
-        if max_length is not None:
-            kwargs.update(max_length=max_length, truncation=False)
+        output_kwargs = self._merge_kwargs(
+            TunaProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+        )
+        text_kwargs = output_kwargs["text_kwargs"]
+        if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
+            raise ValueError(
+                f"`truncation={text_kwargs['truncation']!r}` would cut image spans: TUNA's processor does not "
+                "truncate; a row longer than `max_length` raises instead."
+            )
         if videos is None:
-            inputs = super().__call__(images=images, text=text, return_tensors=return_tensors, **kwargs)
+            inputs = super().__call__(images=images, text=text, **kwargs)
         else:
-            inputs = self._call_videos(text, videos, return_tensors, **kwargs)
-        if text is not None and max_length is not None:
-            self._check_max_length([int(sum(mask)) for mask in inputs["attention_mask"]], max_length)
+            inputs = self._call_videos(text, videos, output_kwargs)
+        if text is not None:
+            self._check_max_length(
+                [int(sum(mask)) for mask in inputs["attention_mask"]], text_kwargs.get("max_length")
+            )
         return inputs
 
-    def _call_videos(
-        self, text: TextInput | list[TextInput] | None, videos: VideoInput, return_tensors: str | None, **kwargs
-    ) -> BatchFeature:
-        output_kwargs = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+    def _call_videos(self, text: TextInput | list[TextInput] | None, videos: VideoInput, output_kwargs: dict):
         video_inputs = self.image_processor(videos=videos, **output_kwargs["images_kwargs"])
+        return_tensors = output_kwargs["text_kwargs"].get("return_tensors")
         if text is None:
             return BatchFeature(dict(video_inputs), tensor_type=return_tensors)
 
@@ -208,7 +225,11 @@ class TunaProcessor(ProcessorMixin):
     def apply_chat_template(
         self, conversation: list[dict] | list[list[dict]], chat_template: str | None = None, **kwargs
     ):
-        """[`ProcessorMixin.apply_chat_template`], with `default_system_prompt` added to conversations without one."""
+        """[`ProcessorMixin.apply_chat_template`]. With the processor's own template, conversations without a system
+        message get `default_system_prompt` (the official understanding prompt's); a `chat_template` given here is
+        used as it is."""
+        if chat_template is not None:
+            return super().apply_chat_template(conversation, chat_template, **kwargs)
         batched = isinstance(conversation[0], (list, tuple))
         conversations = [self._with_system_prompt(c) for c in (conversation if batched else [conversation])]
         return super().apply_chat_template(conversations if batched else conversations[0], chat_template, **kwargs)

@@ -158,3 +158,17 @@ def _tiny_siglip(image_size: int, patch_size: int, num_channels: int) -> SiglipV
         num_channels=num_channels,
         vision_use_head=False,
     )
+
+
+def add_random_lora(model, adapter_name: str = "style", rank: int = 4, lora_alpha: int = 8, seed: int = 3):
+    """A PEFT LoRA adapter on the attention's `q_proj` and `v_proj`, with random `lora_B` (PEFT starts them at zero,
+    which would leave the model unchanged)."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=rank, lora_alpha=lora_alpha, target_modules=["q_proj", "v_proj"])
+    model.add_adapter(config, adapter_name=adapter_name)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)

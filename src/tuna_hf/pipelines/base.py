@@ -1,8 +1,11 @@
 """What the TUNA pipelines share: components and sampling settings, Hub download, `from_pipe`, input checks, latents,
 the prompt rows and their cache, decoding."""
 
+import json
 import math
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,8 +13,10 @@ from diffusers import DiffusionPipeline
 from diffusers.configuration_utils import FrozenDict
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import snapshot_download
+from huggingface_hub import create_repo, snapshot_download
+from safetensors import safe_open
 from transformers import DynamicCache
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ..modeling_tuna import TunaForUnifiedMultimodal
 from ..processing_tuna import TunaProcessor
@@ -47,6 +52,33 @@ OFFICIAL_GUIDANCE_DEFAULTS = {
 }
 # Sequence tokens that follow the target span in the official layout: `<|vision_end|> <|im_end|>`.
 TOKENS_AFTER_TARGET_SPAN = 2
+# What `save_pretrained` copies from `transformer/` to the repository's root (the weights are indexed, not copied).
+TRANSFORMER_ROOT_FILES = ("config.json", "generation_config.json")
+
+
+def write_transformers_entry(folder: str | os.PathLike) -> None:
+    """Let a pipeline repository's root serve transformers too (docs/architecture.md §9): the model's config files,
+    an index of its safetensors weights that points into `transformer/` (nothing is copied), and the processor's
+    files. `AutoModelForImageTextToText.from_pretrained(repo)`, `AutoProcessor.from_pretrained(repo)` and
+    `pipeline("image-text-to-text", model=repo)` then load the repository itself."""
+    folder = Path(folder)
+    transformer = folder / "transformer"
+    if (transformer / SAFE_WEIGHTS_INDEX_NAME).exists():
+        index = json.loads((transformer / SAFE_WEIGHTS_INDEX_NAME).read_text())
+        weight_map = {key: f"transformer/{shard}" for key, shard in index["weight_map"].items()}
+        metadata = index.get("metadata", {})
+    else:
+        with safe_open(transformer / SAFE_WEIGHTS_NAME, "pt") as weights:
+            weight_map = dict.fromkeys(weights.keys(), f"transformer/{SAFE_WEIGHTS_NAME}")
+        metadata = {}
+    index = {"metadata": metadata, "weight_map": weight_map}
+    (folder / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    for name in TRANSFORMER_ROOT_FILES:
+        if (transformer / name).exists():
+            shutil.copyfile(transformer / name, folder / name)
+    for path in (folder / "processor").iterdir():
+        if path.is_file():
+            shutil.copyfile(path, folder / path.name)
 
 
 class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
@@ -142,6 +174,25 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
             raise ValueError(f"`guidance_interval` must satisfy 0 ≤ low < high ≤ 1, got {interval!r}.")
         return low, high
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs):
+        """Diffusers' `save_pretrained` (the same arguments), and the root entry for transformers
+        (`write_transformers_entry`) before anything is pushed."""
+        hub = {
+            name: kwargs.pop(name) for name in ("commit_message", "private", "create_pr", "token") if name in kwargs
+        }
+        repo_id = kwargs.pop("repo_id", Path(save_directory).name)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_transformers_entry(save_directory)
+        if push_to_hub:
+            repo_id = create_repo(repo_id, exist_ok=True, private=hub.get("private"), token=hub.get("token")).repo_id
+            self._upload_folder(
+                save_directory,
+                repo_id,
+                token=hub.get("token"),
+                commit_message=hub.get("commit_message"),
+                create_pr=hub.get("create_pr", False),
+            )
+
     @classmethod
     def download(cls, pretrained_model_name: str, **kwargs) -> str | os.PathLike:
         """
@@ -217,7 +268,7 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         """Left-padded processor rows cut right after the target span, checked against the decoder's context."""
         input_ids = inputs["input_ids"][:, :-TOKENS_AFTER_TARGET_SPAN].to(self._execution_device)
         attention_mask = inputs["attention_mask"][:, :-TOKENS_AFTER_TARGET_SPAN].to(self._execution_device)
-        context = self.transformer.config.text_config.max_position_embeddings
+        context = self.transformer.config.context_length
         longest = int(attention_mask.sum(-1).max())
         if longest > context:
             raise ValueError(

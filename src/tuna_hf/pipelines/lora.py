@@ -4,13 +4,24 @@ Diffusers' `LoraBaseMixin` already handles transformers models in `set_adapters`
 `disable_lora`, `enable_lora`, `delete_adapters` and `unload_lora_weights`; only loading and saving are TUNA-specific.
 """
 
+import contextlib
+import math
 import os
+import threading
+import weakref
 from pathlib import Path
 
 import torch
 from diffusers.loaders.lora_base import LoraBaseMixin, _fetch_state_dict, _load_lora_into_text_encoder
+from diffusers.utils import logging
+from diffusers.utils.peft_utils import scale_lora_layers, unscale_lora_layers
+
+logger = logging.get_logger(__name__)
 
 PEFT_ADAPTER_CONFIG = "adapter_config.json"
+# A call's LoRA scale lives on the transformer's LoRA layers while the call runs, so the calls on a transformer with
+# adapters (from any pipeline sharing it) take turns.
+_ADAPTER_LOCKS = weakref.WeakKeyDictionary()
 
 
 class TunaLoraLoaderMixin(LoraBaseMixin):
@@ -52,13 +63,39 @@ class TunaLoraLoaderMixin(LoraBaseMixin):
             metadata=metadata,
         )
 
+    @contextlib.contextmanager
+    def lora_scale(self, attention_kwargs: dict | None):
+        """The call's LoRA scale, `attention_kwargs={"scale": s}` as in diffusers' pipelines, on the transformer's
+        active adapters for the block (0: the model without them); calls on a transformer with adapters run one at a
+        time."""
+        unknown = sorted(set(attention_kwargs or {}) - {"scale"})
+        if unknown:
+            raise ValueError(f"`attention_kwargs` takes only `scale` (the LoRA scale) here, got {unknown}.")
+        scale = (attention_kwargs or {}).get("scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"`attention_kwargs['scale']` must be a finite number, got {scale!r}.")
+        if not getattr(self.transformer, "_hf_peft_config_loaded", False):
+            if scale != 1.0:
+                logger.warning(f"`attention_kwargs['scale']={scale}` has no effect: the transformer has no adapter.")
+            yield
+            return
+        with _ADAPTER_LOCKS.setdefault(self.transformer, threading.RLock()):
+            scale_lora_layers(self.transformer, scale)
+            try:
+                yield
+            finally:
+                unscale_lora_layers(self.transformer, scale)
+
     @classmethod
     def lora_state_dict(cls, pretrained_model_name_or_path_or_dict, return_lora_metadata: bool = False, **kwargs):
-        """A diffusers LoRA state dict from a dict, a file, a directory or a Hub repo (safetensors only)."""
+        """A diffusers LoRA state dict from a dict, a file, a directory or a Hub repo: safetensors, or (as diffusers
+        does unless `use_safetensors=True`) a `.bin` written with `safe_serialization=False`, read with
+        `torch.load(weights_only=True)`."""
+        use_safetensors = kwargs.pop("use_safetensors", None)
         state_dict, metadata = _fetch_state_dict(
             pretrained_model_name_or_path_or_dict=pretrained_model_name_or_path_or_dict,
             weight_name=kwargs.pop("weight_name", None),
-            use_safetensors=True,
+            use_safetensors=True if use_safetensors is None else use_safetensors,
             local_files_only=kwargs.pop("local_files_only", None),
             cache_dir=kwargs.pop("cache_dir", None),
             force_download=kwargs.pop("force_download", False),
@@ -67,7 +104,7 @@ class TunaLoraLoaderMixin(LoraBaseMixin):
             revision=kwargs.pop("revision", None),
             subfolder=kwargs.pop("subfolder", None),
             user_agent={"file_type": "attn_procs_weights", "framework": "pytorch"},
-            allow_pickle=False,
+            allow_pickle=use_safetensors is None,
         )
         if kwargs:
             raise TypeError(f"Unexpected arguments: {sorted(kwargs)}.")

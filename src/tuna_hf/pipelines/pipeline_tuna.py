@@ -234,6 +234,7 @@ class TunaPipeline(TunaBasePipeline):
         use_prompt_cache: bool = True,
         prompt_rows: TunaPromptRows | None = None,
         prompt_cache: TunaPromptCache | None = None,
+        attention_kwargs: dict | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> TunaPipelineOutput | TunaVideoPipelineOutput | tuple:
@@ -264,6 +265,8 @@ class TunaPipeline(TunaBasePipeline):
                 of `prompt`; `num_images_per_prompt` is then the rows'.
             prompt_cache ([`TunaPromptCache`], *optional*): the cache filled for `prompt_rows`; each step crops it
                 back, so it serves the next call too.
+            attention_kwargs (`dict`, *optional*): `{"scale": s}` scales the transformer's LoRA adapters for this
+                call, as in diffusers' pipelines (0: the model without them).
             callback_on_step_end (`Callable`, *optional*): called after every model call as
                 `callback_on_step_end(pipe, i, t, {name: tensor})`; may return a new `"latents"`.
             callback_on_step_end_tensor_inputs (`list[str]`): the tensors passed to the callback.
@@ -290,89 +293,91 @@ class TunaPipeline(TunaBasePipeline):
         )
         device, dtype = self._execution_device, self.transformer.dtype
 
-        # 2. Encode the prompt: the rows of the official layout and, with prompt caching, their prefix run once
-        if prompt_rows is None:
-            prompt_rows, prompt_cache = self.encode_prompt(
-                prompts,
-                negative_prompt,
-                height,
-                width,
-                num_frames,
-                num_images_per_prompt,
-                do_classifier_free_guidance,
-                use_prompt_cache,
+        # 2.–5. under this call's LoRA scale (`attention_kwargs`), if the transformer has adapters
+        with self.lora_scale(attention_kwargs):
+            # 2. Encode the prompt: the rows of the official layout and, with prompt caching, their prefix run once
+            if prompt_rows is None:
+                prompt_rows, prompt_cache = self.encode_prompt(
+                    prompts,
+                    negative_prompt,
+                    height,
+                    width,
+                    num_frames,
+                    num_images_per_prompt,
+                    do_classifier_free_guidance,
+                    use_prompt_cache,
+                )
+            elif use_prompt_cache and prompt_cache is None:
+                prompt_cache = self.prefill_prompt_cache(prompt_rows)
+
+            # 3. Prepare latents
+            config = self.transformer.config
+            shape = (
+                prompt_rows.batch_size,
+                config.latent_channels,
+                1 + (num_frames - 1) // config.frames_per_latent_frame,
+                height // self.vae_scale_factor,
+                width // self.vae_scale_factor,
             )
-        elif use_prompt_cache and prompt_cache is None:
-            prompt_cache = self.prefill_prompt_cache(prompt_rows)
+            latents = self.prepare_latents(shape, generator, latents)
 
-        # 3. Prepare latents
-        config = self.transformer.config
-        shape = (
-            prompt_rows.batch_size,
-            config.latent_channels,
-            1 + (num_frames - 1) // config.frames_per_latent_frame,
-            height // self.vae_scale_factor,
-            width // self.vae_scale_factor,
-        )
-        latents = self.prepare_latents(shape, generator, latents)
+            # 4. Prepare timesteps, on a scheduler of this call's own (the loop's state stays out of the shared one)
+            scheduler = self.scheduler.from_config(self.scheduler.config)
+            scheduler.set_timesteps(num_inference_steps, device=device, grid_dtype=dtype)
+            timesteps = scheduler.timesteps
+            _call_state(self)["num_timesteps"] = len(timesteps)
 
-        # 4. Prepare timesteps, on a scheduler of this call's own (the loop's state stays out of the shared one)
-        scheduler = self.scheduler.from_config(self.scheduler.config)
-        scheduler.set_timesteps(num_inference_steps, device=device, grid_dtype=dtype)
-        timesteps = scheduler.timesteps
-        _call_state(self)["num_timesteps"] = len(timesteps)
-
-        # 5. Denoising loop. The sample stays in float32 (the official Tuna sampler does so too); CFG rows are
-        # `[conditional; unconditional]`, guided on the model's prediction.
-        with self.progress_bar(total=len(scheduler.sigmas) - 1) as progress_bar:
-            for i, t in enumerate(timesteps):
-                if self.interrupt:
-                    continue
-                flow_time = 1 - t / scheduler.config.num_train_timesteps  # TUNA's time: t = 1 is clean
-                latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
-                latent_model_input = latent_model_input.to(dtype)
-                timestep = flow_time.to(dtype).expand(latent_model_input.shape[0])
-                if prompt_cache is not None:  # only the image spans, on top of the cached prompts
-                    try:
+            # 5. Denoising loop. The sample stays in float32 (the official Tuna sampler does so too); CFG rows are
+            # `[conditional; unconditional]`, guided on the model's prediction.
+            with self.progress_bar(total=len(scheduler.sigmas) - 1) as progress_bar:
+                for i, t in enumerate(timesteps):
+                    if self.interrupt:
+                        continue
+                    flow_time = 1 - t / scheduler.config.num_train_timesteps  # TUNA's time: t = 1 is clean
+                    latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
+                    latent_model_input = latent_model_input.to(dtype)
+                    timestep = flow_time.to(dtype).expand(latent_model_input.shape[0])
+                    if prompt_cache is not None:  # only the image spans, on top of the cached prompts
+                        try:
+                            noise_pred = self.transformer(
+                                input_ids=prompt_cache.input_ids,
+                                attention_mask=prompt_cache.attention_mask,
+                                position_ids=prompt_cache.position_ids,
+                                image_latents=latent_model_input,
+                                timesteps=timestep,
+                                past_key_values=prompt_cache.decoder_cache,
+                                flow_head_past_key_values=prompt_cache.flow_head_cache,
+                                use_cache=True,
+                                logits_to_keep=1,
+                            ).flow_prediction
+                        finally:
+                            prompt_cache.crop()
+                    else:  # the whole rows, as the official sampler
                         noise_pred = self.transformer(
-                            input_ids=prompt_cache.input_ids,
-                            attention_mask=prompt_cache.attention_mask,
-                            position_ids=prompt_cache.position_ids,
-                            image_latents=latent_model_input,
-                            timesteps=timestep,
-                            past_key_values=prompt_cache.decoder_cache,
-                            flow_head_past_key_values=prompt_cache.flow_head_cache,
-                            use_cache=True,
+                            input_ids=prompt_rows.input_ids,
+                            attention_mask=prompt_rows.attention_mask,
+                            position_ids=prompt_rows.position_ids,
+                            image_latents=prompt_rows.images_with(latent_model_input),
+                            timesteps=prompt_rows.timesteps_with(timestep),
                             logits_to_keep=1,
                         ).flow_prediction
-                    finally:
-                        prompt_cache.crop()
-                else:  # the whole rows, as the official sampler
-                    noise_pred = self.transformer(
-                        input_ids=prompt_rows.input_ids,
-                        attention_mask=prompt_rows.attention_mask,
-                        position_ids=prompt_rows.position_ids,
-                        image_latents=prompt_rows.images_with(latent_model_input),
-                        timesteps=prompt_rows.timesteps_with(timestep),
-                        logits_to_keep=1,
-                    ).flow_prediction
-                    noise_pred = prompt_rows.target_prediction(noise_pred)
-                noise_pred = noise_pred.float()
-                if do_classifier_free_guidance:
-                    noise_pred_cond, noise_pred_uncond = noise_pred.chunk(2)
-                    scale = self.guidance_scale_at(float(flow_time), guidance_scale)
-                    noise_pred = noise_pred_uncond + scale * (noise_pred_cond - noise_pred_uncond)
+                        noise_pred = prompt_rows.target_prediction(noise_pred)
+                    noise_pred = noise_pred.float()
+                    if do_classifier_free_guidance:
+                        noise_pred_cond, noise_pred_uncond = noise_pred.chunk(2)
+                        scale = self.guidance_scale_at(float(flow_time), guidance_scale)
+                        noise_pred = noise_pred_uncond + scale * (noise_pred_cond - noise_pred_uncond)
 
-                latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                    latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
 
-                if callback_on_step_end is not None:
-                    callback_kwargs = {}
-                    for name in callback_on_step_end_tensor_inputs:
-                        callback_kwargs[name] = locals()[name]
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = callback_outputs.pop("latents", latents)
-                if i == len(timesteps) - 1 or (i + 1) % scheduler.order == 0:
-                    progress_bar.update()
+                    if callback_on_step_end is not None:
+                        callback_kwargs = {}
+                        for name in callback_on_step_end_tensor_inputs:
+                            callback_kwargs[name] = locals()[name]
+                        callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                        latents = callback_outputs.pop("latents", latents)
+                    if i == len(timesteps) - 1 or (i + 1) % scheduler.order == 0:
+                        progress_bar.update()
 
         # 6. Decode
         output = self.decode(latents, output_type, video=video)

@@ -111,6 +111,7 @@ class TunaEditPipeline(TunaPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         use_prompt_cache: bool = True,
+        attention_kwargs: dict | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ) -> TunaPipelineOutput | tuple:
@@ -145,34 +146,36 @@ class TunaEditPipeline(TunaPipeline):
             callback_on_step_end_tensor_inputs,
         )
 
-        # 2. Encode the source images in the flow space
-        sources = self.prepare_image_latents(image, image_latents, height, width, len(prompts), generator)
+        # 2.–7. under this call's LoRA scale (`attention_kwargs`), if the transformer has adapters
+        with self.lora_scale(attention_kwargs):
+            # 2. Encode the source images in the flow space
+            sources = self.prepare_image_latents(image, image_latents, height, width, len(prompts), generator)
 
-        # 3. Encode the instructions with their sources: the rows and, with prompt caching, their prefix run once
-        prompt_rows, prompt_cache = self.encode_prompt(
-            prompts,
-            negative_prompt,
-            sources,
-            height,
-            width,
-            num_images_per_prompt,
-            self.guides(guidance_scale),
-            use_prompt_cache,
-        )
+            # 3. Encode the instructions with their sources: the rows and, with prompt caching, their prefix run once
+            prompt_rows, prompt_cache = self.encode_prompt(
+                prompts,
+                negative_prompt,
+                sources,
+                height,
+                width,
+                num_images_per_prompt,
+                self.guides(guidance_scale),
+                use_prompt_cache,
+            )
 
-        # 4.–7. Prepare latents and timesteps, denoise, decode and offload: text-to-image's steps on these rows
-        return super().__call__(
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-            latents=latents,
-            output_type=output_type,
-            return_dict=return_dict,
-            use_prompt_cache=use_prompt_cache,
-            prompt_rows=prompt_rows,
-            prompt_cache=prompt_cache,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-        )
+            # 4.–7. Prepare latents and timesteps, denoise, decode and offload: text-to-image's steps on these rows
+            return super().__call__(
+                height=height,
+                width=width,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                latents=latents,
+                output_type=output_type,
+                return_dict=return_dict,
+                use_prompt_cache=use_prompt_cache,
+                prompt_rows=prompt_rows,
+                prompt_cache=prompt_cache,
+                callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            )
