@@ -364,7 +364,6 @@ def test_hub_repo_ids_go_through_download(tmp_path, pipelines, monkeypatch):
 
 
 class TestLora:
-
     @pytest.fixture
     def pipe(self, byte_tokenizer):
         return tiny_pipeline("patch", byte_tokenizer)
