@@ -45,7 +45,7 @@ def main():
     pipe = TunaPipeline.from_pretrained(args.model, dtype=torch.float32)
     settings = {}
     if args.official_sampler:
-        variant = pipe.transformer.config.variant
+        variant = pipe.transformer.config.tuna_variant
         settings.update(OFFICIAL_GUIDANCE_DEFAULTS[variant], edit_negative_prompt=OFFICIAL_EDIT_NEGATIVE_PROMPT)
         settings["scheduler"] = TunaFlowMatchScheduler.from_official_defaults(variant)
     if args.guidance_interval:

@@ -151,7 +151,7 @@ class TunaDemo:
         step = self.config.pixels_per_token
         guidance = self.pipe.config
         with gr.Blocks(title="TUNA") as demo:
-            gr.Markdown(f"# TUNA ({self.config.variant})\nModel: `{self.model_name}`")
+            gr.Markdown(f"# TUNA ({self.config.tuna_variant})\nModel: `{self.model_name}`")
             with gr.Tab("Visual question answering"):
                 with gr.Row():
                     vqa_image = gr.Image(type="pil", label="Image", format="png")
@@ -191,7 +191,7 @@ class TunaDemo:
                 apply.click(
                     self.edit, [source, instruction, edit_steps, edit_scale, edit_seed], edited, api_name="edit"
                 )
-            if self.config.variant == "tuna":
+            if self.config.tuna_variant == "tuna":
                 self._video_tab(height, width, step, guidance.video_guidance_scale)
         return demo
 

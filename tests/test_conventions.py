@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import (
@@ -15,6 +16,7 @@ from transformers import (
     CompileConfig,
     pipeline,
 )
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from tuna_hf import TunaEditPipeline, TunaFlowMatchScheduler, TunaForUnifiedMultimodal, TunaPipeline, TunaProcessor
 from tuna_hf.losses import prepare_flow_training
@@ -40,6 +42,11 @@ def question(processor, texts=("What is this?",), size=SIZE):
 @pytest.fixture(scope="module")
 def tiny(byte_tokenizer):
     return tiny_tuna_model("patch", byte_tokenizer), tiny_tuna_processor(byte_tokenizer, SIZE, SIZE)
+
+
+@pytest.fixture(scope="module")
+def tiny_question_inputs(byte_tokenizer):
+    return question(tiny_tuna_processor(byte_tokenizer, SIZE, SIZE), ("What is this?", "And the colour?"))
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +86,19 @@ class TestModel:
         assert torch.equal(new, greedy[:, inputs["input_ids"].shape[1] :])
         with pytest.raises(ValueError, match="inputs_embeds` whose image slots hold the embedding"):
             model(inputs_embeds=torch.zeros_like(embeds), **common)
+        with pytest.raises(ValueError, match="contain image spans but neither `pixel_values`"):
+            model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+
+    @torch.no_grad()
+    def test_a_prepared_4d_mask_cannot_carry_image_spans(self, tiny, inputs):
+        model, _ = tiny
+        length = inputs["input_ids"].shape[1]
+        causal = torch.ones(2, 1, length, length, dtype=torch.bool).tril()
+        with pytest.raises(ValueError, match="prepared 4-D `attention_mask` cannot carry the omni mask"):
+            model(input_ids=inputs["input_ids"], attention_mask=causal, pixel_values=inputs["pixel_values"])
+        text = inputs["input_ids"][:, :5]
+        as_2d = model(input_ids=text).logits
+        torch.testing.assert_close(model(input_ids=text, attention_mask=causal[:, :, :5, :5]).logits, as_2d)
 
     @torch.no_grad()
     def test_text_only_generate_from_inputs_embeds(self, tiny):
@@ -89,13 +109,19 @@ class TestModel:
         assert torch.equal(model.generate(inputs_embeds=embeds, max_new_tokens=4, do_sample=False), expected)
 
     @torch.no_grad()
-    def test_image_features_from_pixel_values(self, byte_tokenizer):
-        for encoder, tokens in (("patch", 4), ("siglip", 4), ("vae_siglip", 4)):
+    def test_image_features_from_pixel_values(self, byte_tokenizer, tiny_question_inputs):
+        """`get_image_features(pixel_values=...)` on both classes, as transformers' Llava: the visual tokens as
+        `pooler_output`, the same the forward places in the spans."""
+        for encoder in ("patch", "siglip", "vae_siglip"):
             model = tiny_tuna_model(encoder, byte_tokenizer, sample_vae_posterior=False)
-            pixels = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
-            features = model.model.get_image_features(pixel_values=pixels)
-            assert features.shape == (2, tokens, 64)
-            torch.testing.assert_close(features, model.model.patchify(model.model.encode_images(pixels)))
+            inputs = tiny_question_inputs
+            features = model.get_image_features(pixel_values=inputs["pixel_values"])
+            assert isinstance(features, BaseModelOutputWithPooling)
+            assert features.pooler_output.shape == (2, 4, 64)
+            torch.testing.assert_close(features.pooler_output, model(**inputs).image_hidden_states)
+            assert torch.equal(
+                model.model.get_image_features(inputs["pixel_values"], return_dict=False)[0], features.pooler_output
+            )
 
     @torch.no_grad()
     def test_assisted_and_prompt_lookup_decoding_equal_greedy(self, tiny, byte_tokenizer):
@@ -126,17 +152,23 @@ class TestModel:
                 model(input_ids=torch.zeros(1, 16385, dtype=torch.long))
 
     @torch.no_grad()
-    def test_static_cache_and_compiled_decoding_equal_the_dynamic_cache(self, tiny, inputs, greedy):
+    def test_static_cache_and_compiled_decoding_equal_the_dynamic_cache(self, tiny, inputs):
+        """The decoding steps on a static cache compile to one graph (fullgraph, no recompilation over 16 tokens) and
+        give the dynamic cache's greedy tokens."""
+        import torch._dynamo
+        from torch._dynamo.utils import counters
+
         model, _ = tiny
-        static = model.generate(**inputs, max_new_tokens=6, do_sample=False, cache_implementation="static")
-        assert torch.equal(static, greedy)
-        assert model._can_compile_fullgraph
-        compile_config = CompileConfig(fullgraph=True, mode="default")
+        tokens = {"max_new_tokens": 16, "min_new_tokens": 16, "do_sample": False}
+        greedy = model.generate(**inputs, **tokens)
+        assert torch.equal(model.generate(**inputs, **tokens, cache_implementation="static"), greedy)
+        compile_config = CompileConfig(fullgraph=True, dynamic=False, mode="default")
         compile_config._compile_all_devices = True  # transformers' switch to compile on CPU too
-        compiled = model.generate(
-            **inputs, max_new_tokens=6, do_sample=False, cache_implementation="static", compile_config=compile_config
-        )
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = model.generate(**inputs, **tokens, cache_implementation="static", compile_config=compile_config)
         assert torch.equal(compiled, greedy)
+        assert counters["stats"]["unique_graphs"] == 1 and model._can_compile_fullgraph
 
     def test_parallel_plans_name_existing_modules(self, tiny):
         model, _ = tiny
@@ -195,7 +227,7 @@ class TestProcessor:
         _, processor = tiny
         image, text = torch.rand(3, SIZE, SIZE), "Describe <image>"
         assert isinstance(processor(text=text, images=[image])["input_ids"], torch.Tensor)  # "pt" by default
-        assert isinstance(processor(text=text, images=[image], return_tensors="np")["input_ids"].tolist(), list)
+        assert isinstance(processor(text=text, images=[image], return_tensors="np")["input_ids"], np.ndarray)
         assert isinstance(
             processor(text=text, images=[image], common_kwargs={"return_tensors": None})["input_ids"], list
         )
@@ -240,6 +272,34 @@ class TestPipelines:
             fresh = TunaPipeline.from_pipe(pipe, transformer=tiny_tuna_model("patch", byte_tokenizer))
             fresh.load_lora_weights(folder, adapter_name="style")
             torch.testing.assert_close(self.sample(fresh), adapted)
+
+    def test_a_lora_bin_is_read_without_unpickling_objects(self, tmp_path, pipe):
+        torch.save({"transformer.q_proj.lora_A.weight": torch.nn.Linear(1, 1)}, tmp_path / "pytorch_lora_weights.bin")
+        with pytest.raises(OSError, match="Unable to load weights") as refused:
+            pipe.load_lora_weights(tmp_path)
+        causes = []
+        error = refused.value
+        while error is not None:
+            causes.append(str(error))
+            error = error.__context__
+        assert any("Weights only load failed" in cause for cause in causes)
+
+    def test_a_per_call_lora_scale_keeps_the_adapters_weights(self, pipe):
+        """A call's scale multiplies `set_adapters`' weight and is undone exactly; fused adapters are refused."""
+        add_random_lora(pipe.transformer)
+        pipe.set_adapters(["style"], adapter_weights=[0.5])
+        half = self.sample(pipe)
+        torch.testing.assert_close(
+            self.sample(pipe, attention_kwargs={"scale": 2.0}),
+            self.sample(TunaPipeline.from_pipe(pipe), attention_kwargs={"scale": 2.0}),
+        )
+        self.sample(pipe, attention_kwargs={"scale": 0.0})
+        torch.testing.assert_close(self.sample(pipe), half)
+        pipe.set_adapters(["style"], adapter_weights=[1.0])
+        torch.testing.assert_close(self.sample(pipe, attention_kwargs={"scale": 0.5}), half)
+        pipe.fuse_lora(components=["transformer"])
+        with pytest.raises(ValueError, match="cannot scale fused adapters"):
+            self.sample(pipe, attention_kwargs={"scale": 0.5})
 
     def test_a_per_call_lora_scale(self, pipe):
         """`attention_kwargs={"scale": s}` as in diffusers: 0 is the model without the adapter, in both pipelines;
@@ -318,6 +378,21 @@ class TestOneRepositoryId:
         assert len(list((tmp_path / "transformer").glob("*.safetensors"))) > 1  # sharded: the index follows it
         assert json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"]
         self.check(tmp_path)
+
+    def test_saving_again_and_variants(self, tmp_path, byte_tokenizer):
+        """A sharded save, then an unsharded one into the same folder (transformers leaves the old index), and a
+        variant save: the root follows what `transformer/` holds."""
+        model = tiny_tuna_model("patch", byte_tokenizer)
+        scheduler = TunaFlowMatchScheduler.from_official_defaults("tuna_2")
+        pipe = TunaPipeline(model, tiny_tuna_processor(byte_tokenizer, 64, 64), scheduler)
+        pipe.save_pretrained(tmp_path, max_shard_size="200KB")
+        pipe.save_pretrained(tmp_path)
+        assert (tmp_path / "transformer" / "model.safetensors.index.json").exists()  # stale, left by transformers
+        self.check(tmp_path)
+        pipe.save_pretrained(tmp_path / "fp16", variant="fp16")
+        assert (tmp_path / "fp16" / "model.safetensors.index.fp16.json").exists()
+        loaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "fp16", variant="fp16")
+        assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
 
     def test_a_converted_repository(self, tmp_path):
         from test_conversion import conversion_arguments

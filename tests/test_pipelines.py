@@ -34,7 +34,7 @@ STEPS = 3
 
 def tiny_pipeline(visual_encoder, tokenizer, cls=TunaPipeline):
     model = tiny_tuna_model(visual_encoder, tokenizer)
-    scheduler = TunaFlowMatchScheduler.from_official_defaults(model.config.variant)
+    scheduler = TunaFlowMatchScheduler.from_official_defaults(model.config.tuna_variant)
     return cls(transformer=model, processor=tiny_tuna_processor(tokenizer, SIZE, SIZE), scheduler=scheduler)
 
 

@@ -350,7 +350,7 @@ class TestTrainScript:
         first, last = (sum(r["loss"] for r in part) / len(part) for part in (log[:5], log[-5:]))
         assert first / last > 10, f"loss {first:.3f} → {last:.3f}"
         pipe = TunaPipeline.from_pretrained(tmp_path / "pipeline", dtype=torch.float32)
-        assert pipe.transformer.config.variant == "tuna_2"
+        assert pipe.transformer.config.tuna_variant == "tuna_2"
         card = (tmp_path / "pipeline" / "README.md").read_text()
         assert card.startswith("---\nlibrary_name: diffusers\n") and "recipe `stage2`, 80 steps" in card
 

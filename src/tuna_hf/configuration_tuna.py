@@ -211,8 +211,9 @@ class TunaConfig(PreTrainedConfig):
             )
 
     @property
-    def variant(self) -> str:
-        """`"tuna"`, `"tuna_r"` or `"tuna_2"`: the paper's name of this visual front-end."""
+    def tuna_variant(self) -> str:
+        """`"tuna"`, `"tuna_r"` or `"tuna_2"`: the paper's name of this visual front-end. (Not `variant`: transformers
+        sets config attributes named like `from_pretrained`'s arguments, and `variant=` names a weights variant.)"""
         return VARIANT_NAMES[self.visual_encoder]
 
     @property

@@ -363,7 +363,7 @@ def convert_official_checkpoint(
     _log_conversion(log, config, llm_missing, flow_missing, ignored)
 
     processor = TunaProcessor(TunaImageProcessor(), text_tokenizer)
-    scheduler = TunaFlowMatchScheduler.from_official_defaults(config.variant)
+    scheduler = TunaFlowMatchScheduler.from_official_defaults(config.tuna_variant)
     pipeline = TunaPipeline(transformer=model.eval(), processor=processor, scheduler=scheduler)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
@@ -408,7 +408,7 @@ def _official_token_ids(tokenizer) -> dict[str, int]:
 
 def _log_conversion(log, config, llm_missing, flow_missing, ignored) -> None:
     log(
-        f"{config.variant}: decoder {config.text_config.num_hidden_layers} layers, flow head "
+        f"{config.tuna_variant}: decoder {config.text_config.num_hidden_layers} layers, flow head "
         f"{config.flow_head_config.num_hidden_layers} blocks, vocabulary {config.text_config.vocab_size}"
     )
     if llm_missing or flow_missing:

@@ -52,8 +52,8 @@ def write_model_card(
         repo_id=repo_id,
         license=license,
         base_model_metadata=f"base_model: {base_model}\n" if base_model else "",
-        variant=model.config.variant,
-        variant_description=VARIANT_DESCRIPTIONS[model.config.variant],
+        variant=model.config.tuna_variant,
+        variant_description=VARIANT_DESCRIPTIONS[model.config.tuna_variant],
         sizes=describe_size(model),
         sampling_defaults=describe_sampling(pipeline),
         provenance=provenance,
@@ -80,7 +80,7 @@ def describe_size(model) -> str:
 def describe_sampling(pipeline) -> str:
     """The model card's sampling-defaults paragraph, read from the scheduler's and the pipeline's config, and how it
     differs from the variant's official predict defaults."""
-    scheduler, settings, variant = pipeline.scheduler.config, pipeline.config, pipeline.transformer.config.variant
+    scheduler, settings, variant = pipeline.scheduler.config, pipeline.config, pipeline.transformer.config.tuna_variant
     low, high = settings.guidance_interval
     guided_always = (low, high) == (0.0, 1.0)
     guidance = f"guidance {settings.guidance_scale} (text-to-image) / {settings.edit_guidance_scale} (editing)"

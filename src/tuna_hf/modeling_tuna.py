@@ -29,6 +29,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm, eager_attention_forward
@@ -596,9 +597,14 @@ class TunaModel(TunaPreTrainedModel):
         )
         return latents.to(self.dtype)
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
-        """Images in [-1, 1] `[n, 3, (T,) H, W]` → their visual tokens `[n, T·h·w, hidden]` (Tuna: through its VAE)."""
-        return self.patchify(self.encode_images(pixel_values))
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
+        """Images in [-1, 1] `[n, 3, (T,) H, W]` → their visual tokens `[n, T·h·w, hidden]` (Tuna: through its VAE),
+        as `pooler_output` (what the decoder reads, as in transformers' Llava) and `last_hidden_state`."""
+        features = self.patchify(self.encode_images(pixel_values))
+        return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=features)
 
     def patchify(self, image_latents: torch.Tensor) -> torch.Tensor:
         """Flow-space images `[n, C, T, H, W]` → one visual token per `patch_size`² patch of each frame
@@ -700,17 +706,12 @@ class TunaModel(TunaPreTrainedModel):
             inputs_embeds = self._insert_images(inputs_embeds, spans, timestep_embeds, image_embeds)
             flow_inputs.spans, flow_inputs.grid = spans, self.token_grid(image_latents)
             flow_inputs.timesteps, flow_inputs.timestep_embeds = timesteps, timestep_embeds
-        elif input_ids is not None:
-            # Without a cache the spans' images are missing (with one, they are cached).
-            spans_without_images = (input_ids == self.config.image_token_id).any() & (past_length == 0)
-            torch_compilable_check(
-                ~spans_without_images,
-                "`input_ids` contain image spans but neither `pixel_values` nor `image_latents` was given.",
-            )
+        elif isinstance(past_length, int) and past_length == 0:
+            # Filling a cache (or without one): spans need their images. (A static cache's length is a tensor: its
+            # decoding steps are not checked, so as not to wait for the device at every token.)
+            self._check_no_image_slots(input_ids, inputs_embeds)
 
-        mask = omni_attention_mask(
-            self.config.text_config, inputs_embeds, attention_mask, past_key_values, position_ids, flow_inputs.spans
-        )
+        mask = self._decoder_mask(inputs_embeds, attention_mask, past_key_values, position_ids, flow_inputs.spans)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask={"full_attention": mask},
@@ -728,19 +729,42 @@ class TunaModel(TunaPreTrainedModel):
             flow_inputs=flow_inputs,
         )
 
-    def _locate_spans(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> TunaImageSpans:
-        """The image spans, from `input_ids`, or (as Llava and Qwen2-VL do) from the positions of `inputs_embeds`
-        that hold the embedding of `<|image_pad|>`."""
+    def _decoder_mask(self, inputs_embeds, attention_mask, past_key_values, position_ids, spans):
+        """The omni mask for the decoder; a prepared mask (a 4-D tensor, or `generate`'s mapping for a static cache)
+        goes through as it is, which only text may come with."""
+        if attention_mask is None or (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2):
+            return omni_attention_mask(
+                self.config.text_config, inputs_embeds, attention_mask, past_key_values, position_ids, spans
+            )
+        if spans is not None:
+            raise ValueError(
+                "A prepared 4-D `attention_mask` cannot carry the omni mask of image spans: with images, pass the 2-D "
+                "padding mask (1 = token, 0 = padding)."
+            )
+        return attention_mask["full_attention"] if isinstance(attention_mask, dict) else attention_mask
+
+    def _image_slots(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.BoolTensor:
+        """The positions of image slots: `<|image_pad|>` in `input_ids`, or (as Llava and Qwen2-VL find them) the
+        positions of `inputs_embeds` that hold its embedding."""
         if input_ids is not None:
-            return self.image_spans(input_ids)
+            return input_ids == self.config.image_token_id
         image_pad = torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
-        slots = (inputs_embeds == self.get_input_embeddings()(image_pad).to(inputs_embeds.dtype)).all(-1)
+        return (inputs_embeds == self.get_input_embeddings()(image_pad).to(inputs_embeds.dtype)).all(-1)
+
+    def _locate_spans(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> TunaImageSpans:
+        slots = self._image_slots(input_ids, inputs_embeds)
         if not slots.any():
             raise ValueError(
                 "Images need their spans: pass `input_ids`, or `inputs_embeds` whose image slots hold the embedding "
                 "of `<|image_pad|>` (`model.get_input_embeddings()(input_ids)`)."
             )
         return TunaImageSpans.from_slots(slots)
+
+    def _check_no_image_slots(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor):
+        if self._image_slots(input_ids, inputs_embeds).any():
+            raise ValueError(
+                "The inputs contain image spans but neither `pixel_values` nor `image_latents` was given."
+            )
 
     def _insert_images(
         self,
@@ -1049,6 +1073,12 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         image_tokens = per_token[spans.is_image_token].view(spans.num_images, -1, per_token.shape[-1])
         return self.model.unpatchify(image_tokens, flow_inputs.grid)
 
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> BaseModelOutputWithPooling:
+        """[`TunaModel.get_image_features`]."""
+        return self.model.get_image_features(pixel_values=pixel_values, **kwargs)
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
@@ -1061,22 +1091,31 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
         is_first_iteration: bool = False,
         **kwargs,
     ) -> dict:
-        """transformers' preparation, with two changes. The images (`pixel_values` or `image_latents`, and their
-        `timesteps`) go with the forward that fills an empty cache, whichever iteration it is: an assistant's
-        prefill runs as "not first" and would get the spans without their images. And the 2-D `attention_mask` stays
-        2-D, also with static caches, so that the forward builds the omni mask (docs/architecture.md §3) itself."""
+        """transformers' preparation, for the forward that fills an empty cache with two changes. The images
+        (`pixel_values` or `image_latents`, and their `timesteps`) go with it whichever iteration it is: an assistant's
+        prefill runs as "not first" and would get the spans without their images. And its attention mask stays 2-D
+        also with a static cache, so that the forward builds the omni mask (docs/architecture.md §3); the decoding
+        steps after it take transformers' prepared causal mask."""
         model_inputs = super().prepare_inputs_for_generation(
             input_ids,
             past_key_values=past_key_values,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
             is_first_iteration=is_first_iteration,
+            image_latents=image_latents,
+            timesteps=timesteps,
             **kwargs,
         )
-        model_inputs["attention_mask"] = attention_mask
-        filling = past_key_values is None or past_key_values.get_seq_length() == 0
-        if is_first_iteration or filling or not kwargs.get("use_cache", True):
-            model_inputs.update(pixel_values=pixel_values, image_latents=image_latents, timesteps=timesteps)
+        if past_key_values is None or not kwargs.get("use_cache", True):
+            filling = True
+        else:
+            length = past_key_values.get_seq_length()
+            filling = is_first_iteration or (isinstance(length, int) and length == 0)
+        if filling:
+            model_inputs.update(attention_mask=attention_mask, pixel_values=pixel_values)
+        else:
+            for name in ("image_latents", "timesteps"):
+                model_inputs.pop(name, None)
         return model_inputs
 
 

@@ -170,14 +170,17 @@ class TunaProcessor(ProcessorMixin):
             inputs = super().__call__(images=images, text=text, **kwargs)
         else:
             inputs = self._call_videos(text, videos, output_kwargs)
-        if text is not None:
-            self._check_max_length(
-                [int(sum(mask)) for mask in inputs["attention_mask"]], text_kwargs.get("max_length")
-            )
+        if text is not None and text_kwargs.get("max_length") is not None:
+            # Padded rows count their tokens (attention mask 1); without a mask, every id counts.
+            rows = inputs["attention_mask"] if "attention_mask" in inputs else inputs["input_ids"]
+            lengths = [int(sum(row)) if "attention_mask" in inputs else len(row) for row in rows]
+            self._check_max_length(lengths, text_kwargs["max_length"])
         return inputs
 
     def _call_videos(self, text: TextInput | list[TextInput] | None, videos: VideoInput, output_kwargs: dict):
-        video_inputs = self.image_processor(videos=videos, **output_kwargs["images_kwargs"])
+        # The image processor does the frames, with the video arguments over the image ones.
+        video_kwargs = {**output_kwargs["images_kwargs"], **output_kwargs["videos_kwargs"]}
+        video_inputs = self.image_processor(videos=videos, **video_kwargs)
         return_tensors = output_kwargs["text_kwargs"].get("return_tensors")
         if text is None:
             return BatchFeature(dict(video_inputs), tensor_type=return_tensors)

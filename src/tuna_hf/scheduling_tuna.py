@@ -74,7 +74,7 @@ class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_official_defaults(cls, variant: str, **overrides) -> "TunaFlowMatchScheduler":
-        """The official sampler of `variant` (`"tuna"`, `"tuna_r"`, `"tuna_2"`; see `TunaConfig.variant`)."""
+        """The official sampler of `variant` (`"tuna"`, `"tuna_r"`, `"tuna_2"`; see `TunaConfig.tuna_variant`)."""
         if variant not in OFFICIAL_SAMPLING_DEFAULTS:
             raise ValueError(f"`variant` must be one of {tuple(OFFICIAL_SAMPLING_DEFAULTS)}, got {variant!r}.")
         return cls(**{**OFFICIAL_SAMPLING_DEFAULTS[variant], **overrides})

@@ -4,6 +4,7 @@ the prompt rows and their cache, decoding."""
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -12,11 +13,11 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.configuration_utils import FrozenDict
 from diffusers.utils import logging
+from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import create_repo, snapshot_download
 from safetensors import safe_open
 from transformers import DynamicCache
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from ..modeling_tuna import TunaForUnifiedMultimodal
 from ..processing_tuna import TunaProcessor
@@ -52,33 +53,54 @@ OFFICIAL_GUIDANCE_DEFAULTS = {
 }
 # Sequence tokens that follow the target span in the official layout: `<|vision_end|> <|im_end|>`.
 TOKENS_AFTER_TARGET_SPAN = 2
-# What `save_pretrained` copies from `transformer/` to the repository's root (the weights are indexed, not copied).
+# What `save_pretrained` copies from `transformer/` to the repository's root (the weights are indexed, not copied),
+# and transformers' names of a safetensors checkpoint (a variant between `model` and the suffix).
 TRANSFORMER_ROOT_FILES = ("config.json", "generation_config.json")
+SINGLE_WEIGHTS = re.compile(r"model(?:\.(?P<variant>[^.]+))?\.safetensors")
+WEIGHTS_INDEX = re.compile(r"model\.safetensors\.index(?:\.(?P<variant>[^.]+))?\.json")
 
 
 def write_transformers_entry(folder: str | os.PathLike) -> None:
     """Let a pipeline repository's root serve transformers too (docs/architecture.md §9): the model's config files,
-    an index of its safetensors weights that points into `transformer/` (nothing is copied), and the processor's
-    files. `AutoModelForImageTextToText.from_pretrained(repo)`, `AutoProcessor.from_pretrained(repo)` and
-    `pipeline("image-text-to-text", model=repo)` then load the repository itself."""
+    the processor's files, and for each safetensors checkpoint of `transformer/` (one per variant:
+    `model.safetensors`, `model.fp16.safetensors`, or a sharded index) an index at the root whose shards are the files
+    in `transformer/`: no weight is stored twice. `AutoModelForImageTextToText.from_pretrained(repo)`,
+    `AutoProcessor.from_pretrained(repo)` and `pipeline("image-text-to-text", model=repo)` then load the repository
+    itself. Run it again after changing `transformer/` or `processor/` by hand."""
     folder = Path(folder)
     transformer = folder / "transformer"
-    if (transformer / SAFE_WEIGHTS_INDEX_NAME).exists():
-        index = json.loads((transformer / SAFE_WEIGHTS_INDEX_NAME).read_text())
-        weight_map = {key: f"transformer/{shard}" for key, shard in index["weight_map"].items()}
-        metadata = index.get("metadata", {})
-    else:
-        with safe_open(transformer / SAFE_WEIGHTS_NAME, "pt") as weights:
-            weight_map = dict.fromkeys(weights.keys(), f"transformer/{SAFE_WEIGHTS_NAME}")
-        metadata = {}
-    index = {"metadata": metadata, "weight_map": weight_map}
-    (folder / SAFE_WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    for stale in folder.glob("model.safetensors.index*.json"):
+        stale.unlink()
+    for variant, weight_map, metadata in _transformer_weights(transformer):
+        name = "model.safetensors.index.json" if variant is None else f"model.safetensors.index.{variant}.json"
+        index = {"metadata": metadata, "weight_map": {key: f"transformer/{file}" for key, file in weight_map.items()}}
+        (folder / name).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     for name in TRANSFORMER_ROOT_FILES:
         if (transformer / name).exists():
             shutil.copyfile(transformer / name, folder / name)
     for path in (folder / "processor").iterdir():
         if path.is_file():
             shutil.copyfile(path, folder / path.name)
+
+
+def _transformer_weights(transformer: Path):
+    """`(variant, weight map, metadata)` of each safetensors checkpoint in `transformer/`, as transformers would load
+    it: a single file first, else an index whose shards all exist (a later unsharded save leaves the old index)."""
+    variants = {}
+    for path in transformer.glob("model*.safetensors*"):
+        if match := SINGLE_WEIGHTS.fullmatch(path.name):
+            with safe_open(path, "pt") as weights:
+                variants[match["variant"]] = (dict.fromkeys(weights.keys(), path.name), {})
+    for path in transformer.glob("model.safetensors.index*.json"):
+        match = WEIGHTS_INDEX.fullmatch(path.name)
+        if match is None or match["variant"] in variants:
+            continue
+        index = json.loads(path.read_text())
+        if all((transformer / shard).exists() for shard in set(index["weight_map"].values())):
+            variants[match["variant"]] = (index["weight_map"], index.get("metadata", {}))
+    if not variants:
+        raise FileNotFoundError(f"No safetensors weights in {transformer}.")
+    return [(variant, weight_map, metadata) for variant, (weight_map, metadata) in variants.items()]
 
 
 class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
@@ -136,7 +158,7 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
             "guidance_interval": guidance_interval,
         }
         scheduler, legacy = self._split_legacy_guidance(scheduler)
-        official = OFFICIAL_GUIDANCE_DEFAULTS[transformer.config.variant]
+        official = OFFICIAL_GUIDANCE_DEFAULTS[transformer.config.tuna_variant]
         settings = {
             name: value if value is not None else legacy.get(name, official[name]) for name, value in given.items()
         }
@@ -185,6 +207,13 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         write_transformers_entry(save_directory)
         if push_to_hub:
             repo_id = create_repo(repo_id, exist_ok=True, private=hub.get("private"), token=hub.get("token")).repo_id
+            card = Path(save_directory) / "README.md"
+            if (
+                not card.exists()
+            ):  # diffusers' card, unless the repository has its own (`tuna_hf.hub.write_model_card`)
+                populate_model_card(load_or_create_model_card(repo_id, token=hub.get("token"), is_pipeline=True)).save(
+                    card
+                )
             self._upload_folder(
                 save_directory,
                 repo_id,

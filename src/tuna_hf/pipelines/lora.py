@@ -6,6 +6,7 @@ Diffusers' `LoraBaseMixin` already handles transformers models in `set_adapters`
 
 import contextlib
 import math
+import numbers
 import os
 import threading
 import weakref
@@ -14,7 +15,6 @@ from pathlib import Path
 import torch
 from diffusers.loaders.lora_base import LoraBaseMixin, _fetch_state_dict, _load_lora_into_text_encoder
 from diffusers.utils import logging
-from diffusers.utils.peft_utils import scale_lora_layers, unscale_lora_layers
 
 logger = logging.get_logger(__name__)
 
@@ -65,26 +65,34 @@ class TunaLoraLoaderMixin(LoraBaseMixin):
 
     @contextlib.contextmanager
     def lora_scale(self, attention_kwargs: dict | None):
-        """The call's LoRA scale, `attention_kwargs={"scale": s}` as in diffusers' pipelines, on the transformer's
-        active adapters for the block (0: the model without them); calls on a transformer with adapters run one at a
-        time."""
+        """The call's LoRA scale, `attention_kwargs={"scale": s}` as in diffusers' pipelines: the active adapters'
+        scales (as `set_adapters` left them) times `s` for the block, then exactly as they were (0: the model without
+        them). Calls on a transformer with adapters run one at a time; fused adapters cannot be scaled."""
+        from peft.tuners.lora import LoraLayer
+
         unknown = sorted(set(attention_kwargs or {}) - {"scale"})
         if unknown:
             raise ValueError(f"`attention_kwargs` takes only `scale` (the LoRA scale) here, got {unknown}.")
         scale = (attention_kwargs or {}).get("scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
             raise ValueError(f"`attention_kwargs['scale']` must be a finite number, got {scale!r}.")
-        if not getattr(self.transformer, "_hf_peft_config_loaded", False):
+        layers = [module for module in self.transformer.modules() if isinstance(module, LoraLayer)]
+        if not layers:
             if scale != 1.0:
                 logger.warning(f"`attention_kwargs['scale']={scale}` has no effect: the transformer has no adapter.")
             yield
             return
         with _ADAPTER_LOCKS.setdefault(self.transformer, threading.RLock()):
-            scale_lora_layers(self.transformer, scale)
+            if scale != 1.0 and any(layer.merged for layer in layers):
+                raise ValueError("`attention_kwargs['scale']` cannot scale fused adapters: `unfuse_lora()` first.")
+            saved = [dict(layer.scaling) for layer in layers]
+            for layer in layers:
+                layer.scale_layer(float(scale))
             try:
                 yield
             finally:
-                unscale_lora_layers(self.transformer, scale)
+                for layer, scaling in zip(layers, saved, strict=True):
+                    layer.scaling.update(scaling)
 
     @classmethod
     def lora_state_dict(cls, pretrained_model_name_or_path_or_dict, return_lora_metadata: bool = False, **kwargs):

@@ -172,9 +172,9 @@ class TunaPipeline(TunaBasePipeline):
         frames = self.transformer.config.frames_per_latent_frame
         if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % frames:
             raise ValueError(f"`num_frames` must be 1 + {frames}·k for this model, got {num_frames}.")
-        if num_frames > 1 and self.transformer.config.variant != "tuna":
+        if num_frames > 1 and self.transformer.config.tuna_variant != "tuna":
             raise ValueError(
-                f"Text-to-video needs the Tuna variant (Wan 2.2 VAE); this is {self.transformer.config.variant}."
+                f"Text-to-video needs the Tuna variant (Wan 2.2 VAE); this is {self.transformer.config.tuna_variant}."
             )
         return prompts
 
