@@ -15,9 +15,9 @@ repository (full recipes) or a PEFT adapter (LoRA recipes) that `AutoModelForIma
 
 import argparse
 import contextlib
+import gc
 import json
 import math
-import re
 from pathlib import Path
 
 import torch
@@ -28,13 +28,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from tuna_hf import TunaPipeline
+from tuna_hf.checkpointing import checkpoint_step, latest_checkpoint, resume, save_checkpoint
 from tuna_hf.data import ResolutionBucketSampler, TunaDataCollator, TunaDataset
 from tuna_hf.hub import upload_repository, write_model_card
 from tuna_hf.losses import prepare_flow_training
 from tuna_hf.pipelines.base import write_transformers_entry
 from tuna_hf.recipes import RECIPES, apply_recipe, count_trainable_parameters
-
-CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)$")
 
 
 def parse_args(argv=None):
@@ -67,6 +66,11 @@ def parse_args(argv=None):
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--checkpointing-steps", type=int, default=500)
     parser.add_argument("--resume-from", help="a checkpoint folder, or 'latest' in --output")
+    parser.add_argument(
+        "--allow-inexact-resume",
+        action="store_true",
+        help="resume from a checkpoint without RNG states or recorded arguments (a warning instead of an error)",
+    )
     parser.add_argument("--sample-every", type=int, default=0, help="write sample images every N steps (0: never)")
     parser.add_argument("--sample-prompts", nargs="+", default=["a photo of a cat"])
     parser.add_argument("--sample-steps", type=int, default=20)
@@ -108,11 +112,6 @@ def check_vae_encoding(accelerator, model, dataset: TunaDataset) -> None:
             f"{missing} records have images but no precomputed `latents`: under FSDP, Tuna's VAE cannot encode them "
             "outside the sharded forward. Add each record's VAE latents (`tuna_hf.data`, `latents`)."
         )
-
-
-def latest_checkpoint(output: Path) -> Path | None:
-    checkpoints = [path for path in output.glob("checkpoint-*") if CHECKPOINT_PATTERN.search(path.name)]
-    return max(checkpoints, key=lambda path: int(CHECKPOINT_PATTERN.search(path.name)[1]), default=None)
 
 
 def save_result(accelerator, model, pipeline, args, steps: int, lora: bool) -> Path | None:
@@ -193,6 +192,32 @@ def main(argv=None):
         cpu=not torch.cuda.is_available(),
         kwargs_handlers=[unused],
     )
+    try:
+        train(accelerator, args)
+    finally:
+        # The wrapped model goes before the process group: DDP's reducer dropping the group's last reference while
+        # holding the GIL can deadlock with a gloo worker thread (pytorch/pytorch#56297); the group itself is then
+        # destroyed by `end_training` with the GIL released.
+        accelerator.free_memory()
+        gc.collect()
+        accelerator.end_training()
+
+
+def resume_folder(accelerator, args) -> Path | None:
+    """The checkpoint `--resume-from` names (checked before anything loads), None for a new run."""
+    if args.resume_from is None:
+        return None
+    if args.resume_from != "latest":
+        checkpoint_step(args.resume_from)
+        return Path(args.resume_from)
+    folder = latest_checkpoint(args.output)
+    if folder is None:
+        accelerator.print(f"--resume-from latest: no checkpoint-N folder in {args.output}, starting a new run")
+    return folder
+
+
+def train(accelerator, args) -> None:
+    resume_from = resume_folder(accelerator, args)
     set_seed(args.seed)
     args.output.mkdir(parents=True, exist_ok=True)
 
@@ -230,15 +255,11 @@ def main(argv=None):
     # After `prepare`: the EMA follows the parameters the optimizer updates (FSDP replaces them by its shards).
     trainable = [p for p in model.parameters() if p.requires_grad]
     ema = EMAModel(trainable, decay=args.ema_decay, foreach=True) if args.ema_decay else None
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
 
     step = 0
-    resume = latest_checkpoint(args.output) if args.resume_from == "latest" else args.resume_from
-    if resume:
-        accelerator.load_state(str(resume))
-        step = int(CHECKPOINT_PATTERN.search(Path(resume).name)[1])
-        accelerator.print(f"resumed from {resume} at step {step}")
+    if resume_from is not None:
+        step = resume(accelerator, resume_from, args, ema, allow_inexact=args.allow_inexact_resume)
+        accelerator.print(f"resumed from {resume_from} at step {step}")
     batches_per_epoch = len(dataloader)
     skip = step * args.gradient_accumulation_steps
     log = (args.output / "log.jsonl").open("a") if accelerator.is_main_process else None
@@ -278,7 +299,7 @@ def main(argv=None):
                 log.flush()
             progress.set_postfix(loss=f"{record['loss']:.4f}")
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                accelerator.save_state(str(args.output / f"checkpoint-{step}"))
+                save_checkpoint(accelerator, args.output / f"checkpoint-{step}", args, ema)
             if args.sample_every and step % args.sample_every == 0:
                 with ema_weights(ema, trainable):
                     write_samples(accelerator, model, pipeline, args, step)
@@ -294,7 +315,6 @@ def main(argv=None):
     )
     if args.push_to_hub and result is not None:
         accelerator.print(f"pushed to {upload_repository(result, args.push_to_hub)}")
-    accelerator.end_training()
 
 
 if __name__ == "__main__":
