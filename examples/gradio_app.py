@@ -51,7 +51,10 @@ class TunaDemo:
         processor = self.pipe.processor
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question.strip()}]}]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = processor(text=prompt, images=[image.convert("RGB")], return_tensors="pt")
+        try:
+            inputs = processor(text=prompt, images=[image], return_tensors="pt")
+        except ValueError as error:  # e.g. an image the processor refuses (README, "Image inputs")
+            raise gr.Error(str(error)) from error
         streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         generation = {**inputs, "max_new_tokens": MAX_NEW_TOKENS, "do_sample": False, "streamer": streamer}
         failures = []
@@ -59,7 +62,7 @@ class TunaDemo:
         def decode():
             try:
                 self.pipe.transformer.generate(**generation)
-            except (ValueError, RuntimeError) as error:  # shown in the app; without `end()` the stream waits forever
+            except Exception as error:  # any failure is shown in the app; without `end()` the stream waits forever
                 failures.append(error)
                 streamer.end()
 
@@ -99,7 +102,7 @@ class TunaDemo:
         result = self._run(
             self.edit_pipe,
             progress,
-            image=image.convert("RGB"),
+            image=image,
             prompt=instruction.strip(),
             height=height,
             width=width,
@@ -154,7 +157,7 @@ class TunaDemo:
             gr.Markdown(f"# TUNA ({self.config.tuna_variant})\nModel: `{self.model_name}`")
             with gr.Tab("Visual question answering"):
                 with gr.Row():
-                    vqa_image = gr.Image(type="pil", label="Image", format="png")
+                    vqa_image = gr.Image(type="pil", image_mode=None, label="Image", format="png")
                     with gr.Column():
                         question = gr.Textbox(label="Question", value="What color is the shape?")
                         ask = gr.Button("Ask", variant="primary")
@@ -181,7 +184,7 @@ class TunaDemo:
             with gr.Tab("Editing"):
                 with gr.Row():
                     with gr.Column():
-                        source = gr.Image(type="pil", label="Image", format="png")
+                        source = gr.Image(type="pil", image_mode=None, label="Image", format="png")
                         instruction = gr.Textbox(label="Instruction", value="make it blue")
                         edit_steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
                         edit_scale = gr.Slider(1, 15, value=guidance.edit_guidance_scale, step=0.5, label="Guidance")

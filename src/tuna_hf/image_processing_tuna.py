@@ -5,10 +5,88 @@ import PIL.Image
 import torch
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
+from transformers.image_transforms import convert_to_rgb
 from transformers.image_transforms import resize as np_resize
-from transformers.image_utils import ChannelDimension, ImageInput, PILImageResampling, SizeDict
+from transformers.image_utils import (
+    ChannelDimension,
+    ImageInput,
+    PILImageResampling,
+    SizeDict,
+    infer_channel_dimension_format,
+)
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.video_utils import VideoInput, make_batched_videos
+
+# The resize-to-cover before the centre crop (the official transform) grows with the mismatch of aspect ratios: a
+# 1×100000 strip covering 512×512 would be 512×51200000 pixels. Refused beyond this many times the target's pixels
+# (a 64:1 strip into a square; a 20:1 page screenshot passes), as are images beyond PIL's decompression-bomb limit.
+MAX_COVER_FACTOR = 64
+UINT16_TO_UINT8 = 257  # 65535 / 255
+PIL_ARRAY_MODES = ("I", "F")  # 32-bit integer and float images: their values follow the array rules
+
+
+def to_rgb_uint8(image: ImageInput, input_data_format: ChannelDimension | str | None = None) -> np.ndarray:
+    """
+    One image as the 8-bit RGB the model reads, `[3, H, W]` uint8 (docs/architecture.md §13, README "Image inputs").
+
+    Accepted, as diffusers' `VaeImageProcessor` and transformers' image processors take them: PIL images of any mode
+    (16-bit `I;16*` scaled to 8 bits, alpha composited on white); uint8 arrays/tensors; uint16 ones (scaled to 8 bits);
+    other integer ones with values in [0, 255]; float ones with values in [0, 1]. Arrays are `[H, W]`, `[H, W, C]`
+    or `[C, H, W]` with 1, 3 or 4 channels. Anything else is refused with what was expected: nothing is clipped.
+    """
+    if isinstance(image, PIL.Image.Image):
+        if not (image.mode.startswith("I;16") or image.mode in PIL_ARRAY_MODES):
+            return _channels_first(convert_to_rgb(image, return_numpy=True))
+        image, input_data_format = np.array(image), ChannelDimension.LAST
+    elif isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        image = (image.float() if image.is_floating_point() else image).numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"`images` must be PIL images, numpy arrays or torch tensors, got {type(image).__name__}.")
+    if image.ndim == 2:
+        image, input_data_format = image[..., None], ChannelDimension.LAST
+    if image.ndim != 3:
+        raise ValueError(f"`images`: expected an image of shape [H, W], [H, W, C] or [C, H, W], got {image.shape}.")
+    if input_data_format is None:
+        try:
+            input_data_format = infer_channel_dimension_format(image, num_channels=(1, 3, 4))
+        except ValueError:
+            raise ValueError(f"`images`: expected 1, 3 or 4 channels, got an image of shape {image.shape}.") from None
+    if ChannelDimension(input_data_format) == ChannelDimension.FIRST:
+        image = np.moveaxis(image, 0, -1)
+    pixels = _to_uint8(image)
+    if pixels.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"`images`: expected 1, 3 or 4 channels, got {pixels.shape[-1]}.")
+    image = PIL.Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)  # L, RGB or RGBA
+    return _channels_first(convert_to_rgb(image, return_numpy=True))
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """8-bit pixel values of an `[H, W, C]` array, by the rules of `to_rgb_uint8`."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return np.round(image / UINT16_TO_UINT8).astype(np.uint8)
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise ValueError(f"`images`: expected integer or float pixel values, got dtype {image.dtype}.")
+    low, high = (image.min(), image.max()) if image.size else (0, 0)
+    if np.issubdtype(image.dtype, np.integer):
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"`images`: integer pixel values must be in [0, 255] (uint16: [0, 65535]), got [{low}, {high}] "
+                f"({image.dtype})."
+            )
+        return image.astype(np.uint8)
+    if not (low >= 0.0 and high <= 1.0):  # also refuses NaN
+        raise ValueError(
+            f"`images`: float pixel values must be in [0, 1] (the diffusers and transformers convention), got "
+            f"[{low}, {high}]. Map [-1, 1] images with `(x + 1) / 2`; pass [0, 255] ones as uint8."
+        )
+    return np.round(image.astype(np.float64) * 255.0).astype(np.uint8)
+
+
+def _channels_first(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(image, -1, 0))
 
 
 class TunaImageProcessorKwargs(ImagesKwargs, total=False):
@@ -70,6 +148,29 @@ class TunaImageProcessor(PilBackend):
         kwargs.update(size=SizeDict(height=height, width=width), size_divisor=size_divisor)
         return kwargs
 
+    def process_image(
+        self, image: ImageInput, do_convert_rgb: bool | None = None, input_data_format=None, **kwargs
+    ) -> np.ndarray:
+        """One image or frame as `[3, H, W]` uint8 (`to_rgb_uint8`), checked to be non-empty and of a size PIL
+        accepts."""
+        if do_convert_rgb is False:
+            raise ValueError("`do_convert_rgb=False` is not supported: TUNA reads 3-channel RGB images.")
+        pixels = to_rgb_uint8(image, input_data_format)
+        height, width = pixels.shape[-2:]
+        if height == 0 or width == 0:
+            raise ValueError(f"`images`: expected an image with pixels, got one of {height}×{width}.")
+        limit = PIL.Image.MAX_IMAGE_PIXELS
+        if limit is not None and height * width > 2 * limit:
+            raise ValueError(
+                f"`images`: an image of {height}×{width} pixels exceeds PIL's decompression-bomb limit of {2 * limit} "
+                "pixels; downscale it first."
+            )
+        return pixels
+
+    def image_size(self, image: ImageInput) -> tuple[int, int]:
+        """The (height, width) of one image as this processor reads it (its channel axis inferred the same way)."""
+        return tuple(self.process_image(image).shape[-2:])
+
     def _preprocess_image_like_inputs(self, images, videos=None, **kwargs) -> BatchFeature:
         if videos is None:
             return super()._preprocess_image_like_inputs(images, **kwargs)
@@ -87,6 +188,12 @@ class TunaImageProcessor(PilBackend):
         """Resize (PIL, aspect ratio kept) to cover `size`, then centre-crop to exactly `size`."""
         height, width = image.shape[-2:]
         scale = max(size.width / width, size.height / height)
+        if scale * scale * height * width > MAX_COVER_FACTOR * size.height * size.width:
+            raise ValueError(
+                f"`images`: a {height}×{width} image is too far from the {size.height}×{size.width} target's aspect "
+                f"ratio (covering the target would take more than {MAX_COVER_FACTOR} times its pixels); crop it "
+                "closer to the target's aspect ratio first."
+            )
         image = np_resize(
             image,
             size=(round(height * scale), round(width * scale)),

@@ -2,7 +2,6 @@
 
 from collections.abc import Callable
 
-import PIL.Image
 import torch
 from transformers.image_utils import ImageInput, make_flat_list_of_images
 
@@ -89,9 +88,13 @@ class TunaEditPipeline(TunaPipeline):
         if image_latents is not None:
             height, width = (side * self.vae_scale_factor for side in image_latents.shape[-2:])
         else:
-            first = make_flat_list_of_images(image)[0]
-            width, height = first.size if isinstance(first, PIL.Image.Image) else (first.shape[-1], first.shape[-2])
+            height, width = self.processor.image_processor.image_size(make_flat_list_of_images(image)[0])
         step = self.transformer.config.pixels_per_token
+        if height < step or width < step:
+            raise ValueError(
+                f"`image` is {height}×{width} pixels: the output size follows the source's, which must be at least "
+                f"{step}×{step} pixels; pass `height` and `width` for a smaller source."
+            )
         return height // step * step, width // step * step
 
     @torch.no_grad()
@@ -132,8 +135,10 @@ class TunaEditPipeline(TunaPipeline):
         # 1. Check inputs; this call's guidance
         if (image is None) == (image_latents is None):
             raise ValueError("Pass exactly one of `image` and `image_latents`.")
-        source_height, source_width = self._source_size(image, image_latents)
-        height, width = height or source_height, width or source_width
+        if height is None or width is None:
+            source_height, source_width = self._source_size(image, image_latents)
+            height = source_height if height is None else height
+            width = source_width if width is None else width
         guidance_scale = self._start_call(guidance_scale, self.config.edit_guidance_scale, negative_prompt)
         prompts = self.check_inputs(
             prompt,
@@ -144,7 +149,18 @@ class TunaEditPipeline(TunaPipeline):
             latents,
             output_type,
             callback_on_step_end_tensor_inputs,
+            generator=generator,
         )
+        span_length = self.processor.num_image_tokens(height, width)
+        samples = len(prompts) * num_images_per_prompt
+        rows = samples * (2 if self.guides(guidance_scale) else 1)
+        latent_shape = (
+            self.transformer.config.latent_channels,
+            1,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        self._check_memory(rows, 2 * span_length + 4, 2 * samples, latent_shape)  # rows hold the source and the target
 
         # 2.–7. under this call's LoRA scale (`attention_kwargs`), if the transformer has adapters
         with self.lora_scale(attention_kwargs):
