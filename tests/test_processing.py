@@ -170,7 +170,7 @@ def test_video_understanding_span(processor):
 
 
 def test_errors(processor):
-    with pytest.raises(ValueError, match="2 <image> tokens and 1 images"):
+    with pytest.raises(ValueError, match="2 <image> placeholders in the text but 1 images"):
         processor(text="<image><image>", images=synthetic_image())
     with pytest.raises(ValueError, match="1 <image> placeholders in the text but 2 videos"):
         processor(text="<image>", videos=[[synthetic_image()], [synthetic_image()]])

@@ -1,6 +1,8 @@
 """Processor class for TUNA (image processor + Qwen2.5 tokenizer)."""
 
+import re
 from collections.abc import Callable
+from functools import cached_property
 
 from transformers.image_utils import ImageInput
 from transformers.processing_utils import BatchFeature, ProcessingKwargs, ProcessorMixin, Unpack
@@ -38,6 +40,49 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+# Control-token text a user typed travels through a rendered chat string between these private-use code points (the
+# markers of transformers' `sanitize_control_tokens`) and is encoded as plain text (docs/architecture.md §14).
+LITERAL_START, LITERAL_END = "\U000f0000", "\U000f0001"
+LITERAL_PIECES = re.compile(f"{LITERAL_START}(.*?){LITERAL_END}|[{LITERAL_START}{LITERAL_END}]", re.DOTALL)
+
+
+def check_text(name: str, text: str) -> None:
+    """`text` must be encodable Unicode (a lone surrogate is not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"`{name}` is not valid Unicode text: {error.reason} at position {error.start} "
+            f"({text[error.start : error.end]!r})."
+        ) from None
+
+
+def encode_as_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """The ids of `text` read as plain text: no added token (special or not) is matched, so typed control-token text
+    stays text. Other text gets the ids of `tokenizer.encode(text, add_special_tokens=False)`."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        ids = tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+        if set(ids) & set(tokenizer.added_tokens_decoder):
+            raise ValueError(f"{type(tokenizer).__name__} cannot encode added tokens as text; use a fast tokenizer.")
+        return ids
+    if backend.normalizer is not None:
+        text = backend.normalizer.normalize_str(text)
+    pieces = [piece for piece, _ in backend.pre_tokenizer.pre_tokenize_str(text)] if backend.pre_tokenizer else [text]
+    return [token.id for piece in pieces for token in backend.model.tokenize(piece)]
+
+
+def split_literals(text: str) -> list[tuple[str, bool]]:
+    """`text` as `(piece, is_literal)` pieces: marked control-token text is literal; lone markers are dropped."""
+    parts = LITERAL_PIECES.split(text)
+    pieces = [(parts[0], False)]
+    for index in range(1, len(parts), 2):
+        if parts[index] is not None:
+            pieces.append((parts[index], True))
+        pieces.append((parts[index + 1], False))
+    return [(piece, literal) for piece, literal in pieces if piece]
+
+
 def add_tuna_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """
     Add TUNA's tokens to a Qwen2.5 tokenizer exactly as the official `get_text_tokenizer`: the special pad token
@@ -53,6 +98,9 @@ def tuna_token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     """The `TunaConfig` token ids (`image_token_id`, `boi_token_id`, `eoi_token_id`) of a TUNA tokenizer."""
     tokens = {"image_token_id": "<|image_pad|>", "boi_token_id": "<|vision_start|>", "eoi_token_id": "<|vision_end|>"}
     return {name: tokenizer.convert_tokens_to_ids(token) for name, token in tokens.items()}
+
+
+PAD_KWARGS = ("padding", "max_length", "pad_to_multiple_of", "padding_side", "return_attention_mask")
 
 
 class TunaProcessorKwargs(ProcessingKwargs, total=False):
@@ -166,36 +214,78 @@ class TunaProcessor(ProcessorMixin):
                 f"`truncation={text_kwargs['truncation']!r}` would cut image spans: TUNA's processor does not "
                 "truncate; a row longer than `max_length` raises instead."
             )
-        if videos is None:
-            inputs = super().__call__(images=images, text=text, **kwargs)
-        else:
-            inputs = self._call_videos(text, videos, output_kwargs)
-        if text is not None and text_kwargs.get("max_length") is not None:
+        return_tensors = text_kwargs.get("return_tensors")
+        media = self._process_media(images, videos, output_kwargs)
+        if text is None:
+            if images is None and videos is None:
+                raise ValueError("Pass `text`, `images` or `videos`.")
+            return BatchFeature(dict(media), tensor_type=return_tensors)
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(sample, str) for sample in texts):
+            raise TypeError(f"`text` must be a string or a list of strings, got {type(text).__name__}.")
+        for sample in texts:
+            check_text("text", sample)
+        samples = [split_literals(sample) for sample in texts]
+        spans = [self.replace_image_token(media, index) for index in range(len(media.get("pixel_values", [])))]
+        self._check_placeholders(samples, len(spans), "videos" if videos is not None else "images")
+        inputs = self._tokenize(samples, spans, text_kwargs)
+        if text_kwargs.get("max_length") is not None:
             # Padded rows count their tokens (attention mask 1); without a mask, every id counts.
             rows = inputs["attention_mask"] if "attention_mask" in inputs else inputs["input_ids"]
             lengths = [int(sum(row)) if "attention_mask" in inputs else len(row) for row in rows]
             self._check_max_length(lengths, text_kwargs["max_length"])
-        return inputs
+        return BatchFeature({**inputs, **media}, tensor_type=return_tensors)
 
-    def _call_videos(self, text: TextInput | list[TextInput] | None, videos: VideoInput, output_kwargs: dict):
-        # The image processor does the frames, with the video arguments over the image ones.
-        video_kwargs = {**output_kwargs["images_kwargs"], **output_kwargs["videos_kwargs"]}
-        video_inputs = self.image_processor(videos=videos, **video_kwargs)
-        return_tensors = output_kwargs["text_kwargs"].get("return_tensors")
-        if text is None:
-            return BatchFeature(dict(video_inputs), tensor_type=return_tensors)
-
-        text = [text] if isinstance(text, str) else list(text)
-        num_videos = len(video_inputs["pixel_values"])
-        num_placeholders = sum(sample.count(self.image_token) for sample in text)
-        if num_placeholders != num_videos:
-            raise ValueError(
-                f"Found {num_placeholders} {self.image_token} placeholders in the text but {num_videos} videos."
+    def _process_media(self, images, videos, output_kwargs: dict) -> dict:
+        """The image processor's `pixel_values` of `images`, or of `videos` (video arguments over image ones)."""
+        if images is not None:
+            return self.image_processor(images, **output_kwargs["images_kwargs"])
+        if videos is not None:
+            return self.image_processor(
+                videos=videos, **{**output_kwargs["images_kwargs"], **output_kwargs["videos_kwargs"]}
             )
-        spans = [self.replace_image_token(video_inputs, i) for i in range(num_videos)]
-        text, _ = self.get_text_with_replacements(text, spans)
-        text_inputs = self.tokenizer(text, **output_kwargs["text_kwargs"])
-        return BatchFeature({**text_inputs, **video_inputs}, tensor_type=return_tensors)
+        return {}
+
+    def _check_placeholders(self, samples: list[list[tuple[str, bool]]], num_media: int, media: str) -> None:
+        """One `<image>` placeholder per image or video; the span tokens only as typed (literal) text."""
+        reserved = (self.boi_token, self.image_pad_token, self.eoi_token)
+        count = 0
+        for pieces in samples:
+            for piece, literal in pieces:
+                if literal:
+                    continue
+                if token := next((token for token in reserved if token in piece), None):
+                    raise ValueError(
+                        f"`text` contains the reserved token {token!r}: the processor writes image spans itself from "
+                        f"the {self.image_token!r} placeholders (`apply_chat_template` turns typed tokens into text)."
+                    )
+                count += piece.count(self.image_token)
+        if count != num_media:
+            raise ValueError(f"Found {count} {self.image_token} placeholders in the text but {num_media} {media}.")
+
+    def _tokenize(self, samples: list[list[tuple[str, bool]]], spans: list[str], text_kwargs: dict):
+        """The rows of `samples` with the placeholders replaced by `spans` (in order); literal pieces are encoded as
+        plain text, the rest as the model's format."""
+        spans = iter(spans)
+
+        def expand(piece: str) -> str:
+            parts = piece.split(self.image_token)
+            return "".join(part + (next(spans) if index < len(parts) - 1 else "") for index, part in enumerate(parts))
+
+        samples = [[(piece if literal else expand(piece), literal) for piece, literal in pieces] for pieces in samples]
+        if not any(literal for pieces in samples for _, literal in pieces):
+            return self.tokenizer(["".join(piece for piece, _ in pieces) for pieces in samples], **text_kwargs)
+        ids = [
+            [i for piece, literal in pieces for i in self._encode_piece(piece, literal, text_kwargs)]
+            for pieces in samples
+        ]
+        padding = {name: text_kwargs[name] for name in PAD_KWARGS if text_kwargs.get(name) is not None}
+        return self.tokenizer.pad({"input_ids": ids}, **padding)
+
+    def _encode_piece(self, piece: str, literal: bool, text_kwargs: dict) -> list[int]:
+        if literal:
+            return encode_as_text(self.tokenizer, piece)
+        return self.tokenizer.encode(piece, add_special_tokens=text_kwargs.get("add_special_tokens", False))
 
     @staticmethod
     def _check_max_length(lengths: list[int], max_length: int | None):
@@ -230,12 +320,45 @@ class TunaProcessor(ProcessorMixin):
     ):
         """[`ProcessorMixin.apply_chat_template`]. With the processor's own template, conversations without a system
         message get `default_system_prompt` (the official understanding prompt's); a `chat_template` given here is
-        used as it is."""
-        if chat_template is not None:
-            return super().apply_chat_template(conversation, chat_template, **kwargs)
+        used as it is. Control tokens typed in the messages' roles and texts (`<|im_end|>`, `<image>`, ...) are marked
+        (`mark_control_tokens`), so that this processor encodes them as plain text: only the template writes
+        control tokens and placeholders."""
         batched = isinstance(conversation[0], (list, tuple))
-        conversations = [self._with_system_prompt(c) for c in (conversation if batched else [conversation])]
+        conversations = conversation if batched else [conversation]
+        if chat_template is None:
+            conversations = [self._with_system_prompt(c) for c in conversations]
+        conversations = [[self._mark_message(message) for message in c] for c in conversations]
         return super().apply_chat_template(conversations if batched else conversations[0], chat_template, **kwargs)
+
+    @cached_property
+    def _control_tokens(self) -> re.Pattern:
+        """Every added token but whitespace ones: what typed text must not become (longest first)."""
+        tokens = [t.content for t in self.tokenizer.added_tokens_decoder.values() if not t.content.isspace()]
+        return re.compile("|".join(re.escape(token) for token in sorted(tokens, key=len, reverse=True)) or "(?!)")
+
+    def mark_control_tokens(self, text: str, keep: tuple[str, ...] = ()) -> str:
+        """`text` with every control token in it but those in `keep` marked as literal text (markers already in it
+        are dropped first, so they cannot be forged); the processor encodes marked tokens as plain text
+        (docs/architecture.md §14)."""
+        text = text.replace(LITERAL_START, "").replace(LITERAL_END, "")
+        return self._control_tokens.sub(
+            lambda match: match[0] if match[0] in keep else LITERAL_START + match[0] + LITERAL_END, text
+        )
+
+    def _mark_message(self, message: dict) -> dict:
+        """A message whose role and text the caller wrote, marked: only the template writes control tokens. A string
+        content keeps its `<image>` placeholders (the official prompt's `"<image>\n" + question`); in text items, as
+        everywhere else, `<image>` is text (images go in `{"type": "image"}` items)."""
+        marked = {**message, "role": self.mark_control_tokens(message["role"])}
+        content = message.get("content")
+        if isinstance(content, str):
+            marked["content"] = self.mark_control_tokens(content, keep=(self.image_token,))
+        elif isinstance(content, (list, tuple)):
+            marked["content"] = [
+                {**item, "text": self.mark_control_tokens(item["text"])} if item.get("type") == "text" else item
+                for item in content
+            ]
+        return marked
 
     def _with_system_prompt(self, conversation: list[dict]) -> list[dict]:
         if not self.default_system_prompt or conversation[0]["role"] == "system":
@@ -322,7 +445,9 @@ class TunaProcessor(ProcessorMixin):
                 raise ValueError(f"Got {len(negative_prompts)} negative prompts for {len(texts)} prompts.")
             texts += [negative or "" for negative in negative_prompts]
 
-        rows = [layout(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        for text in texts:
+            check_text("prompts", text)
+        rows = [layout(encode_as_text(self.tokenizer, text)) for text in texts]  # typed control tokens stay text
         self._check_max_length([len(row) for row in rows], max_length)
 
         length = max(len(row) for row in rows)
