@@ -1,5 +1,6 @@
 """Configuration of the TUNA family (Tuna, Tuna-R, Tuna-2): one config, three visual front-ends."""
 
+from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -25,6 +26,15 @@ FLOW_HEAD_TEXT_ROPE = {
 }
 
 
+def check_positive(config, *names: str) -> None:
+    """Each named field of `config` must be a positive number (their types `@strict` checks)."""
+    for name in names:
+        value = getattr(config, name)
+        if not value > 0:
+            raise ValueError(f"`{name}` must be positive, got {value!r}.")
+
+
+@strict
 class TunaFlowHeadConfig(PreTrainedConfig):
     r"""
     The flow head ("diffusion head"): `num_hidden_layers` AdaLN-modulated transformer blocks reading the decoder's
@@ -82,9 +92,15 @@ class TunaFlowHeadConfig(PreTrainedConfig):
             self.rope_parameters = dict(FLOW_HEAD_TEXT_ROPE)
         super().__post_init__(**kwargs)
 
+    def validate_rope(self):
+        # The official head keeps llama3's original length (8192) whatever its own: a head no longer than that (the
+        # tiny and shapes models) is what the official code builds, though transformers' llama3 check would warn.
+        if self.max_position_embeddings > self.rope_parameters.get("original_max_position_embeddings", 0):
+            super().validate_rope()
+
     def validate_architecture(self):
-        if self.head_dim % 8:
-            raise ValueError(f"`head_dim` must be a multiple of 8 for the 3-D image RoPE, got {self.head_dim}.")
+        sizes = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+        check_positive(self, *sizes, "head_dim", "max_position_embeddings", "timestep_embedding_dim")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"`num_attention_heads` ({self.num_attention_heads}) must be a multiple of "
@@ -92,6 +108,7 @@ class TunaFlowHeadConfig(PreTrainedConfig):
             )
 
 
+@strict
 class TunaConfig(PreTrainedConfig):
     r"""
     Configuration of [`TunaForUnifiedMultimodal`] and [`TunaModel`]: one config for the three variants
@@ -182,7 +199,8 @@ class TunaConfig(PreTrainedConfig):
         if self.noise_scale is None:
             self.noise_scale = DEFAULT_NOISE_SCALE[self.visual_encoder]
         text = self.text_config if isinstance(self.text_config, PreTrainedConfig) else None
-        if self.flow_head_config is None and text is not None:
+        if text is not None and (self.flow_head_config is None or isinstance(self.flow_head_config, dict)):
+            # What a (partial) flow head config leaves out follows the decoder it reads.
             heads = text.hidden_size // 64
             self.flow_head_config = {
                 "hidden_size": text.hidden_size,
@@ -190,11 +208,15 @@ class TunaConfig(PreTrainedConfig):
                 "num_attention_heads": heads,
                 "num_key_value_heads": max(1, heads // 4),
                 "max_position_embeddings": text.max_position_embeddings,
+                **(self.flow_head_config or {}),
             }
         super().__post_init__(**kwargs)
         self.tie_word_embeddings = self.text_config.tie_word_embeddings
 
     def validate_architecture(self):
+        check_positive(self, "patch_size", "latent_channels")
+        if self.context_length <= 0:
+            raise ValueError(f"`text_config.max_position_embeddings` must be positive, got {self.context_length}.")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}.")
         if self.flow_head_config.hidden_size != self.text_config.hidden_size:
@@ -208,6 +230,34 @@ class TunaConfig(PreTrainedConfig):
             raise ValueError(
                 f"`vision_config.patch_size` ({self.vision_config.patch_size}) must equal `patch_size` "
                 f"({self.patch_size}) for `visual_encoder='siglip'`: one image token per flow-head patch."
+            )
+
+    def validate_tuna_token_ids(self):
+        """The image span's tokens are distinct tokens of the decoder's vocabulary."""
+        vocab_size = self.text_config.vocab_size
+        names = ("image_token_id", "boi_token_id", "eoi_token_id")
+        for name in names:
+            value = getattr(self, name)
+            if not 0 <= value < vocab_size:
+                raise ValueError(
+                    f"`{name}` must be a token of the decoder's vocabulary (0 ≤ id < `text_config.vocab_size` = "
+                    f"{vocab_size}), got {value}."
+                )
+        if len({getattr(self, name) for name in names}) < len(names):
+            raise ValueError(f"`{'`, `'.join(names)}` must be distinct, got {[getattr(self, n) for n in names]}.")
+
+    def validate_training(self):
+        """Loss weights, training noise and masking ranges."""
+        check_positive(self, "noise_scale")
+        for name in ("ntp_coeff", "flow_coeff"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be ≥ 0, got {getattr(self, name)}.")
+        for name in ("understanding_noise_prob", "understanding_noise_level"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"`{name}` must be in [0, 1], got {getattr(self, name)}.")
+        if self.mask_ratio_min > self.mask_ratio_max:
+            raise ValueError(
+                f"`mask_ratio_min` ({self.mask_ratio_min}) must not exceed `mask_ratio_max` ({self.mask_ratio_max})."
             )
 
     @property

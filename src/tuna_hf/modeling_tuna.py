@@ -346,6 +346,8 @@ class TunaFlowHeadRotaryEmbedding(LlamaRotaryEmbedding):
         text = super().forward(hidden_states, position_ids)
         if spans is None:
             return TunaFlowHeadPositionEmbeddings(text)
+        if self.config.head_dim % 8:  # checked here, not in the config: a converter still lists shape mismatches
+            raise ValueError(f"`head_dim` must be a multiple of 8 for the 3-D image RoPE, got {self.config.head_dim}.")
         coordinates = spans.token_grid_coordinates(grid).float()[..., self.image_axis]
         angles = coordinates * self.image_inv_freq.to(dtype=torch.float)
         image = (angles.cos().to(hidden_states.dtype), angles.sin().to(hidden_states.dtype))
