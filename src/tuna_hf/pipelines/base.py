@@ -103,6 +103,17 @@ def _transformer_weights(transformer: Path):
     return [(variant, weight_map, metadata) for variant, (weight_map, metadata) in variants.items()]
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on `device` (an accelerator's free memory, or the host's available memory), None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu" and Path("/proc/meminfo").exists():
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
 class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
     r"""
     The components and sampling settings of the TUNA pipelines.
@@ -266,7 +277,28 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
 
     def _default_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         size = self.processor.image_processor.size
-        return (height or size["height"], width or size["width"])
+        return (size["height"] if height is None else height, size["width"] if width is None else width)
+
+    def _check_memory(self, num_rows: int, row_length: int, num_images: int, latent_shape: tuple[int, ...]) -> None:
+        """Refuse a call whose key/value caches and samples alone (a lower bound of what it allocates) exceed the
+        device's free memory: a clear error instead of an aborted process."""
+        free = free_memory(self._execution_device)
+        if free is None:
+            return
+        text, head = self.transformer.config.text_config, self.transformer.config.flow_head_config
+        text_head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        per_token = 2 * (
+            text.num_hidden_layers * text.num_key_value_heads * text_head_dim
+            + head.num_hidden_layers * head.num_key_value_heads * head.head_dim
+        )
+        caches = num_rows * row_length * per_token * self.transformer.dtype.itemsize
+        samples = 2 * num_images * math.prod(latent_shape) * 4  # the sample and the prediction, float32
+        if caches + samples > free:
+            raise ValueError(
+                f"This call needs at least {(caches + samples) / 2**30:.1f} GiB ({num_rows} rows of {row_length} "
+                f"tokens, {num_images} samples: `num_images_per_prompt`, the prompts and the size set them), but "
+                f"{free / 2**30:.1f} GiB are free on {self._execution_device}."
+            )
 
     @staticmethod
     def _check_prompts(name: str, prompts, batch_size: int | None = None) -> list[str]:

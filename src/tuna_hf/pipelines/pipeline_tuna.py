@@ -127,6 +127,7 @@ class TunaPipeline(TunaBasePipeline):
         prompt_rows: TunaPromptRows | None = None,
         prompt_cache: TunaPromptCache | None = None,
         use_prompt_cache: bool = True,
+        generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> list[str] | None:
         """Checks the call's arguments (an encoded prompt's consistency with this call too); returns the prompts as a
         list (None for an encoded prompt)."""
@@ -163,6 +164,9 @@ class TunaPipeline(TunaBasePipeline):
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if latents is not None and not torch.is_floating_point(latents):
             raise TypeError(f"`latents` must be a floating point tensor, got {latents.dtype}.")
+        generators = generator if isinstance(generator, (list, tuple)) else [generator]
+        if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
+            raise TypeError(f"`generator` must be a `torch.Generator` or a list of them, got {generator!r}.")
         unknown = set(callback_inputs or []) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(
@@ -290,8 +294,21 @@ class TunaPipeline(TunaBasePipeline):
             prompt_rows=prompt_rows,
             prompt_cache=prompt_cache,
             use_prompt_cache=use_prompt_cache,
+            generator=generator,
         )
         device, dtype = self._execution_device, self.transformer.dtype
+        config = self.transformer.config
+        shape = (
+            len(prompts) * num_images_per_prompt if prompt_rows is None else prompt_rows.batch_size,
+            config.latent_channels,
+            1 + (num_frames - 1) // config.frames_per_latent_frame,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        if prompt_rows is None:
+            span_length = self.processor.num_image_tokens(height, width, num_frames=num_frames)
+            rows = shape[0] * (2 if do_classifier_free_guidance else 1)
+            self._check_memory(rows, span_length + 2, shape[0], shape[1:])
 
         # 2.–5. under this call's LoRA scale (`attention_kwargs`), if the transformer has adapters
         with self.lora_scale(attention_kwargs):
@@ -311,14 +328,6 @@ class TunaPipeline(TunaBasePipeline):
                 prompt_cache = self.prefill_prompt_cache(prompt_rows)
 
             # 3. Prepare latents
-            config = self.transformer.config
-            shape = (
-                prompt_rows.batch_size,
-                config.latent_channels,
-                1 + (num_frames - 1) // config.frames_per_latent_frame,
-                height // self.vae_scale_factor,
-                width // self.vae_scale_factor,
-            )
             latents = self.prepare_latents(shape, generator, latents)
 
             # 4. Prepare timesteps, on a scheduler of this call's own (the loop's state stays out of the shared one)
