@@ -7,6 +7,7 @@ Wan 2.2 VAE (`vae.model.*`, Tuna only) is converted to the diffusers `Autoencode
 
 import argparse
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -111,6 +112,36 @@ def load_official_state_dict(
     return unexpected
 
 
+# The official model YAML keys our config represents (`tuna_config_from_official`); `hidden_size` must be the LLM's.
+# Every other key is a training or runtime setting of the official code: the converter lists them (`unused_yaml_keys`).
+OFFICIAL_CONFIG_KEYS = {
+    "flow_head_num": "flow_head_config.num_hidden_layers",
+    "num_attention_heads": "flow_head_config.num_attention_heads",
+    "num_key_value_heads": "flow_head_config.num_key_value_heads",
+    "image_latent_dim": "latent_channels",
+    "patch_size": "patch_size",
+    "enable_mask_token": "use_mask_token",
+    "masked_image_ratio_min": "mask_ratio_min",
+    "masked_image_ratio": "mask_ratio_max",
+    "mmu_noise_prob": "understanding_noise_prob",
+    "mmu_noise_level": "understanding_noise_level",
+    "ntp_coeff": "ntp_coeff",
+    "flow_coeff": "flow_coeff",
+    "noise_scale": "noise_scale",
+    "siglip_image_size": "vision_config.image_size",
+    "siglip_patch_size": "vision_config.patch_size",
+    "siglip_num_channels": "vision_config.num_channels",
+    "siglip_feature_layer": "vision_config.num_hidden_layers",
+    "hidden_size": "text_config.hidden_size",
+    "llm_model_path": "the model card's base model",
+}
+
+
+def unused_yaml_keys(model_kwargs: Mapping) -> list[str]:
+    """The official model YAML keys the conversion does not carry (`OFFICIAL_CONFIG_KEYS` are carried)."""
+    return sorted(set(model_kwargs) - set(OFFICIAL_CONFIG_KEYS))
+
+
 def tuna_config_from_official(
     official_class: str,
     model_kwargs: Mapping,
@@ -130,6 +161,16 @@ def tuna_config_from_official(
             f"Unknown official model class {official_class!r}; expected one of {list(OFFICIAL_VISUAL_ENCODERS)}."
         )
     text_config = Qwen2Config(**{k: v for k, v in llm_config.items() if not k.startswith("_")})
+    if model_kwargs.get("hidden_size", text_config.hidden_size) != text_config.hidden_size:
+        raise ValueError(
+            f"The official config's `hidden_size` ({model_kwargs['hidden_size']}) is not the LLM's "
+            f"({text_config.hidden_size}): pass the LLM config the checkpoint was trained with."
+        )
+    training = {
+        name: model_kwargs[key]
+        for key, name in (("ntp_coeff", "ntp_coeff"), ("flow_coeff", "flow_coeff"), ("noise_scale", "noise_scale"))
+        if key in model_kwargs
+    }
     flow_head_config = {
         "hidden_size": text_config.hidden_size,
         "intermediate_size": text_config.intermediate_size,
@@ -154,6 +195,7 @@ def tuna_config_from_official(
         image_token_id=token_ids["img_pad_id"],
         boi_token_id=token_ids["boi_id"],
         eoi_token_id=token_ids["eoi_id"],
+        **training,
     )
 
 
@@ -312,6 +354,11 @@ def convert_official_checkpoint(
             f"has {len(text_tokenizer)}: pass the tokenizer the checkpoint was trained with."
         )
     llm_values = {**spec["llm_config"], "vocab_size": embeddings.shape[0]}
+    head = state_dict.get("tuna.lm_head.weight")
+    if llm_values.get("tie_word_embeddings") and head is not None and not torch.equal(head, embeddings):
+        # A tied base LLM whose fine-tuned head moved away from the embeddings: keep both (tying would drop the head).
+        log("The checkpoint's `lm_head` differs from its `embed_tokens`: converted with untied weights.")
+        llm_values["tie_word_embeddings"] = False
     visual_encoder = OFFICIAL_VISUAL_ENCODERS.get(spec["official_class"].rsplit(".", 1)[-1])
     if visual_encoder == "vae_siglip":
         vae_kwargs = json.loads(Path(vae_config).read_text()) if vae_config else {}
@@ -361,12 +408,15 @@ def convert_official_checkpoint(
         initialize_flow_head_block(model.flow_head.layers[i])
     model.tie_weights()
     _log_conversion(log, config, llm_missing, flow_missing, ignored)
+    if unused := unused_yaml_keys(spec["model_kwargs"]):
+        log(f"Not carried into the config (training or runtime settings of the official code): {', '.join(unused)}")
 
     processor = TunaProcessor(TunaImageProcessor(), text_tokenizer)
     scheduler = TunaFlowMatchScheduler.from_official_defaults(config.tuna_variant)
     pipeline = TunaPipeline(transformer=model.eval(), processor=processor, scheduler=scheduler)
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    remove_stale_staging(output, log)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.{os.getpid()}.", dir=output.parent))
     try:
         pipeline.save_pretrained(staging, max_shard_size=max_shard_size)
         _write_model_card(staging, output, push_to_hub, spec, pipeline)
@@ -379,6 +429,26 @@ def convert_official_checkpoint(
         upload_repository(output, push_to_hub)
         log(f"Pushed to https://huggingface.co/{push_to_hub}")
     return output
+
+
+def remove_stale_staging(output: Path, log: Callable[[str], None]) -> None:
+    """Delete the staging folders (`.NAME.PID.*`) that killed conversions to `output` left behind: those whose
+    process no longer runs."""
+    for folder in output.parent.glob(f".{output.name}.*"):
+        pid = folder.name.removeprefix(f".{output.name}.").split(".", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            log(f"Removed {folder}, left by an interrupted conversion.")
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _official_spec(official_config, preset, llm_config, siglip_config) -> dict:
