@@ -34,6 +34,12 @@ ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assi
 IGNORE_INDEX = -100
 
 
+# What each task's records hold (`validate_record`): text fields, image fields, and the conversation.
+TEXT_FIELDS = {"text_to_image": ("caption",), "video": ("caption",), "edit": ("instruction",)}
+IMAGE_FIELDS = {"understanding": ("image",), "text_to_image": ("image",), "edit": ("raw_image", "out_image")}
+CONVERSATION_TASKS = ("understanding", "text")
+
+
 def infer_task(record: dict) -> str:
     """The task of a record from its columns."""
     if "raw_image" in record:
@@ -66,17 +72,69 @@ class TunaDataset(Dataset):
     ):
         if not resolutions:
             raise ValueError("`resolutions` needs at least one (height, width).")
-        self.records = [{**record, "task": record.get("task") or infer_task(record)} for record in records]
-        for record in self.records:
-            if record["task"] not in TASKS:
-                raise ValueError(f"Unknown task {record['task']!r}; expected one of {TASKS}.")
+        if not records:
+            raise ValueError("The dataset has no records.")
         self.resolutions = [tuple(size) for size in resolutions]
         self.root = Path(root) if root is not None else None
+        self.records = []
+        for index, record in enumerate(records):
+            where = record.get("_source", f"record {index}")
+            try:
+                record = {**record, "task": record.get("task") or infer_task(record)}
+                self.validate_record(record)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+            self.records.append(record)
         self.buckets = [self._bucket(record) for record in self.records]
         self.caption_dropout, self.seed, self.epoch = caption_dropout, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def validate_record(self, record: dict) -> None:
+        """A record must hold what its task reads, checked before training starts: its text fields as strings, a
+        conversation of known roles, and image files that open."""
+        task = record["task"]
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; expected one of {TASKS}.")
+        for field in TEXT_FIELDS.get(task, ()):
+            if not isinstance(record.get(field), str):
+                raise ValueError(f"a {task} record needs a string {field!r}, got {record.get(field)!r}.")
+        if task in CONVERSATION_TASKS:
+            self._validate_conversation(record.get("conversations"))
+        for field in IMAGE_FIELDS.get(task, ()):
+            self._validate_image(record, field)
+        if task == "video" and not isinstance(record.get("video"), (str, Path, list, tuple)):
+            raise ValueError(
+                f"a video record needs 'video' (a file or a list of frames), got {record.get('video')!r}."
+            )
+
+    @staticmethod
+    def _validate_conversation(conversation) -> None:
+        if not isinstance(conversation, list) or not conversation:
+            raise ValueError(f"'conversations' must be a non-empty list of turns, got {conversation!r}.")
+        for turn in conversation:
+            if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
+                raise ValueError(
+                    f"a turn must be {{'from': one of {sorted(ROLES)}, 'value': a string}}, got {turn!r}."
+                )
+            if "<image>" in turn["value"]:
+                raise ValueError(
+                    "a turn's text holds `<image>`: the record's image goes at the start of the first user turn "
+                    "by itself, and typed control tokens are text (docs/architecture.md §14); remove the placeholder."
+                )
+
+    def _validate_image(self, record: dict, field: str) -> None:
+        value = record.get(field)
+        if isinstance(value, PIL.Image.Image):
+            return
+        if not isinstance(value, (str, Path)):
+            raise ValueError(f"{field!r} must be an image path or a PIL image, got {value!r}.")
+        try:
+            with PIL.Image.open(self._path(value, record)):  # the header only: format and size
+                pass
+        except (OSError, PIL.UnidentifiedImageError) as error:
+            raise ValueError(f"{field!r} {str(value)!r} cannot be read as an image ({error}).") from None
 
     @classmethod
     def from_jsonl(cls, paths, resolutions, task: str | None = None, **kwargs) -> "TunaDataset":
@@ -87,16 +145,20 @@ class TunaDataset(Dataset):
             file_task = task or next(
                 (t for prefix, t in OFFICIAL_FILE_TASKS.items() if path.stem.startswith(prefix)), None
             )
-            for line in path.read_text().splitlines():
+            count = len(records)
+            for number, line in enumerate(path.read_text().splitlines(), start=1):
                 if line.strip():
-                    record = json.loads(line)
-                    records.append({**record, "task": file_task or infer_task(record), "_root": str(path.parent)})
+                    records.append(_read_json_line(path, number, line, file_task))
+            if len(records) == count:
+                raise ValueError(f"{path}: the file holds no records.")
         return cls(records, resolutions, **kwargs)
 
     @classmethod
     def from_hf(cls, dataset, resolutions, task: str | None = None, **kwargs) -> "TunaDataset":
         """A `datasets.Dataset` with the same columns (images as PIL images or paths)."""
-        records = [{**row, "task": task or row.get("task") or infer_task(row)} for row in dataset]
+        records = [
+            {**row, "task": task or row.get("task"), "_source": f"row {index}"} for index, row in enumerate(dataset)
+        ]
         return cls(records, resolutions, **kwargs)
 
     def __len__(self) -> int:
@@ -136,8 +198,12 @@ class TunaDataset(Dataset):
         return Path(root) / value if root is not None else Path(value)
 
     def _image(self, value, record) -> PIL.Image.Image:
-        image = value if isinstance(value, PIL.Image.Image) else PIL.Image.open(self._path(value, record))
-        return image.convert("RGB")
+        """The image in its own mode: the processor reads every mode (16-bit included) to RGB."""
+        if isinstance(value, PIL.Image.Image):
+            return value
+        with PIL.Image.open(self._path(value, record)) as image:
+            image.load()
+            return image
 
     def _video(self, value, record) -> list[PIL.Image.Image]:
         if isinstance(value, (list, tuple)):
@@ -145,6 +211,17 @@ class TunaDataset(Dataset):
         import imageio.v3 as iio  # optional: `pip install imageio imageio-ffmpeg`
 
         return [PIL.Image.fromarray(frame).convert("RGB") for frame in iio.imread(self._path(value, record))]
+
+
+def _read_json_line(path: Path, number: int, line: str, task: str | None) -> dict:
+    where = f"{path}:{number}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not a JSON record ({error.msg}, column {error.colno}).") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: a record must be a JSON object, got {type(record).__name__}.")
+    return {**record, "task": task or record.get("task"), "_root": str(path.parent), "_source": where}
 
 
 class ResolutionBucketSampler(Sampler[list[int]]):
