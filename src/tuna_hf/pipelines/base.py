@@ -20,7 +20,7 @@ from safetensors import safe_open
 from transformers import DynamicCache
 
 from ..modeling_tuna import TunaForUnifiedMultimodal
-from ..processing_tuna import TunaProcessor
+from ..processing_tuna import TunaProcessor, check_text
 from ..scheduling_tuna import LEGACY_GUIDANCE_KEYS, TunaFlowMatchScheduler
 from ..wan_vae import decode_wan_latents
 from .lora import TunaLoraLoaderMixin
@@ -306,6 +306,8 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
             prompts = [prompts]
         if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"`{name}` must be a non-empty string or list of strings, got {prompts!r}.")
+        for text in prompts:
+            check_text(name, text)
         if batch_size is not None and len(prompts) not in (1, batch_size):
             raise ValueError(f"`{name}` has {len(prompts)} entries for a batch of {batch_size}.")
         return list(prompts) * (batch_size // len(prompts) if batch_size else 1)
@@ -331,10 +333,16 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         attention_mask = inputs["attention_mask"][:, :-TOKENS_AFTER_TARGET_SPAN].to(self._execution_device)
         context = self.transformer.config.context_length
         longest = int(attention_mask.sum(-1).max())
+        spans = int((input_ids == self.transformer.config.boi_token_id).sum(-1).max()) * (span_length + 2)
+        if spans > context:
+            raise ValueError(
+                f"The image size (`height`, `width`; for editing also the source's) needs {spans} tokens of image "
+                f"spans, more than the model's context of {context} tokens: choose a smaller size."
+            )
         if longest > context:
             raise ValueError(
-                f"`prompt` is too long: the sequence needs {longest} tokens ({span_length} for the image span), "
-                f"the model's context is {context} tokens."
+                f"`prompt` is too long: the sequence needs {longest} tokens ({spans} for the image spans), the "
+                f"model's context is {context} tokens."
             )
         return TunaPromptRows(input_ids, attention_mask, span_length, guided, prompt_images)
 

@@ -41,7 +41,18 @@ class TunaLoraLoaderMixin(LoraBaseMixin):
         adapter (as saved by `TunaForUnifiedMultimodal.save_pretrained` with an adapter, or by PEFT); anything else
         is read as a diffusers LoRA state dict (`pytorch_lora_weights.safetensors`, see `save_lora_weights`).
         """
-        source = pretrained_model_name_or_path_or_dict
+        before = set(getattr(self.transformer, "peft_config", None) or {})
+        try:
+            self._load_lora_weights(pretrained_model_name_or_path_or_dict, adapter_name, **kwargs)
+        except BaseException:
+            # A load that fails after PEFT injected the adapter's layers would leave it half registered.
+            if not before:
+                self.unload_lora_weights()  # the model as it was: no LoRA layers at all
+            elif added := sorted(set(getattr(self.transformer, "peft_config", None) or {}) - before):
+                self.transformer.delete_adapter(added)
+            raise
+
+    def _load_lora_weights(self, source, adapter_name: str | None, **kwargs) -> None:
         if not isinstance(source, dict) and (Path(source) / PEFT_ADAPTER_CONFIG).is_file():
             self.transformer.load_adapter(str(source), adapter_name=adapter_name)
             return
