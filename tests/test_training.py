@@ -330,18 +330,16 @@ def test_fsdp_training_of_tuna_needs_precomputed_latents(data_dir):
     )
 
 
+def run_train_script(tiny_repository, data_dir, output, *extra):
+    """`examples/train.py` on the tiny repository and data: batches of 4, learning rate 2e-3, every loss logged."""
+    arguments = ["--model", str(tiny_repository), "--data", *data_files(data_dir), "--resolution", f"{SIZE}x{SIZE}"]
+    arguments += ["--output", str(output), "--batch-size", "4", "--learning-rate", "2e-3", "--log-every", "1"]
+    load_train_script().main([*arguments, *extra])
+
+
 class TestTrainScript:
     def run(self, tiny_repository, data_dir, output, *extra):
-        arguments = [
-            "--model",
-            str(tiny_repository),
-            "--data",
-            *data_files(data_dir),
-            "--resolution",
-            f"{SIZE}x{SIZE}",
-        ]
-        arguments += ["--output", str(output), "--batch-size", "4", "--learning-rate", "2e-3", "--log-every", "1"]
-        load_train_script().main([*arguments, *extra])
+        run_train_script(tiny_repository, data_dir, output, *extra)
 
     def test_overfits_a_handful_of_samples_of_each_task(self, tmp_path, tiny_repository, data_dir):
         overfit = ("--max-steps", "80", "--batch-size", "10", "--caption-dropout", "0", "--checkpointing-steps", "0")

@@ -26,12 +26,12 @@ FLOW_HEAD_TEXT_ROPE = {
 }
 
 
-def check_positive(config, *names: str) -> None:
+def check_positive(config, *names: str, prefix: str = "") -> None:
     """Each named field of `config` must be a positive number (their types `@strict` checks)."""
     for name in names:
         value = getattr(config, name)
         if not value > 0:
-            raise ValueError(f"`{name}` must be positive, got {value!r}.")
+            raise ValueError(f"`{prefix}{name}` must be positive, got {value!r}.")
 
 
 @strict
@@ -100,7 +100,8 @@ class TunaFlowHeadConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         sizes = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
-        check_positive(self, *sizes, "head_dim", "max_position_embeddings", "timestep_embedding_dim")
+        positive = (*sizes, "head_dim", "max_position_embeddings", "timestep_embedding_dim")
+        check_positive(self, *positive, prefix=f"{self.base_config_key}.")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"`num_attention_heads` ({self.num_attention_heads}) must be a multiple of "

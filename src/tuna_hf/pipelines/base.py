@@ -3,6 +3,7 @@ the prompt rows and their cache, decoding."""
 
 import json
 import math
+import numbers
 import os
 import re
 import shutil
@@ -193,7 +194,7 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
 
     @staticmethod
     def _check_guidance_scale(name: str, value) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
             raise ValueError(f"`{name}` must be a finite number ≥ 0 (0 or 1: no guidance), got {value!r}.")
         return float(value)
 

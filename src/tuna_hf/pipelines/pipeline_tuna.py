@@ -158,7 +158,11 @@ class TunaPipeline(TunaBasePipeline):
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value <= 0 or value % pixels:
                 raise ValueError(f"`{name}` must be a positive multiple of {pixels}, got {value}.")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        if (
+            isinstance(num_images_per_prompt, bool)
+            or not isinstance(num_images_per_prompt, int)
+            or num_images_per_prompt < 1
+        ):
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
