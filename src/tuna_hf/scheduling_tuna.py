@@ -14,6 +14,8 @@ time is `t = 1 − sigma` (t = 1 clean), which is what the model's `timesteps` a
 Guidance is the pipelines' business (their config holds its defaults).
 """
 
+import numbers
+
 import torch
 from diffusers import SchedulerMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -123,7 +125,8 @@ class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         grid points twice).
         """
         velocity = self.config.prediction_type == "velocity"
-        if not isinstance(num_inference_steps, int) or num_inference_steps < (2 if velocity else 1):
+        integer = isinstance(num_inference_steps, numbers.Integral) and not isinstance(num_inference_steps, bool)
+        if not integer or num_inference_steps < (2 if velocity else 1):
             raise ValueError(
                 f"`num_inference_steps` must be an integer ≥ {2 if velocity else 1} for this sampler, "
                 f"got {num_inference_steps}."

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .locks import lock_for
+
 # Per-channel latent std of the Wan 2.2 VAE. Identical to `latents_std` of diffusers' Wan2.2 AutoencoderKLWan
 # config and to `WAN_VAE_2_2_STD` of the official `tuna/models/vae/wan22_vae.py`.
 WAN22_LATENTS_STD = (
@@ -136,7 +138,8 @@ def sample_wan_posterior(vae, pixels: torch.Tensor, generator: torch.Generator |
     As in the official ``WanVAE_.sample``, the noise std ``exp(logvar / 2)`` is added *after* normalisation and
     is not divided by the channel std.
     """
-    posterior = vae.encode(pixels.to(vae.dtype)).latent_dist
+    with lock_for(vae):  # the VAE keeps a call's conv caches on itself
+        posterior = vae.encode(pixels.to(vae.dtype)).latent_dist
     mu = normalize_wan_latents(posterior.mean, vae.config.latents_std)
     if not sample:
         return mu
@@ -149,4 +152,5 @@ def sample_wan_posterior(vae, pixels: torch.Tensor, generator: torch.Generator |
 def decode_wan_latents(vae, z: torch.Tensor) -> torch.Tensor:
     """TUNA latents ``[B, 48, T, h, w]`` -> pixels ``[B, 3, T', H, W]`` clamped to [-1, 1]."""
     latents = denormalize_wan_latents(z.to(vae.dtype), vae.config.latents_std)
-    return vae.decode(latents).sample.clamp(-1.0, 1.0)
+    with lock_for(vae):  # the VAE keeps a call's conv caches on itself
+        return vae.decode(latents).sample.clamp(-1.0, 1.0)

@@ -104,15 +104,40 @@ def _transformer_weights(transformer: Path):
     return [(variant, weight_map, metadata) for variant, (weight_map, metadata) in variants.items()]
 
 
+# A container's memory limit and use: cgroup v2, then v1 (the host's /proc/meminfo ignores them).
+CGROUP_MEMORY_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
 def free_memory(device: torch.device) -> int | None:
-    """Bytes free on `device` (an accelerator's free memory, or the host's available memory), None where unknown."""
+    """Bytes free on `device` (an accelerator's free memory; on CPU the host's available memory, or what is left of
+    the container's limit if less), None where unknown."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu" and Path("/proc/meminfo").exists():
+    if device.type != "cpu":
+        return None
+    free = []
+    if Path("/proc/meminfo").exists():
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return None
+                free.append(int(line.split()[1]) * 1024)
+    for limit_file, usage_file in CGROUP_MEMORY_FILES:
+        limit, usage = (_read_number(Path(name)) for name in (limit_file, usage_file))
+        if limit is not None and usage is not None:
+            free.append(max(limit - usage, 0))
+            break
+    return min(free, default=None)
+
+
+def _read_number(path: Path) -> int | None:
+    """The integer in a one-line kernel file (None if absent or "max")."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):

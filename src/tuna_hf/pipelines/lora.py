@@ -8,20 +8,17 @@ import contextlib
 import math
 import numbers
 import os
-import threading
-import weakref
 from pathlib import Path
 
 import torch
 from diffusers.loaders.lora_base import LoraBaseMixin, _fetch_state_dict, _load_lora_into_text_encoder
 from diffusers.utils import logging
 
+from ..locks import lock_for
+
 logger = logging.get_logger(__name__)
 
 PEFT_ADAPTER_CONFIG = "adapter_config.json"
-# A call's LoRA scale lives on the transformer's LoRA layers while the call runs, so the calls on a transformer with
-# adapters (from any pipeline sharing it) take turns.
-_ADAPTER_LOCKS = weakref.WeakKeyDictionary()
 
 
 class TunaLoraLoaderMixin(LoraBaseMixin):
@@ -93,7 +90,7 @@ class TunaLoraLoaderMixin(LoraBaseMixin):
                 logger.warning(f"`attention_kwargs['scale']={scale}` has no effect: the transformer has no adapter.")
             yield
             return
-        with _ADAPTER_LOCKS.setdefault(self.transformer, threading.RLock()):
+        with lock_for(self.transformer):  # the scale lives on the shared LoRA layers while the call runs
             if scale != 1.0 and any(layer.merged for layer in layers):
                 raise ValueError("`attention_kwargs['scale']` cannot scale fused adapters: `unfuse_lora()` first.")
             saved = [dict(layer.scaling) for layer in layers]

@@ -1,5 +1,6 @@
 """Text-to-image (all variants) and text-to-video (Tuna) with TUNA."""
 
+import numbers
 import threading
 import weakref
 from collections.abc import Callable
@@ -13,6 +14,12 @@ from .pipeline_output import TunaPipelineOutput, TunaVideoPipelineOutput
 from .prompt_cache import TunaPromptCache, TunaPromptRows
 
 logger = logging.get_logger(__name__)
+
+
+def is_integer(value) -> bool:
+    """An integer (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
 
 # What the call running on this thread shows through a pipeline's diffusers properties (`guidance_scale`,
 # `num_timesteps`, `interrupt`, which callbacks read and set): per pipeline and per thread, so that one pipeline serves
@@ -128,6 +135,7 @@ class TunaPipeline(TunaBasePipeline):
         prompt_cache: TunaPromptCache | None = None,
         use_prompt_cache: bool = True,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1,
     ) -> list[str] | None:
         """Checks the call's arguments (an encoded prompt's consistency with this call too); returns the prompts as a
         list (None for an encoded prompt)."""
@@ -156,18 +164,18 @@ class TunaPipeline(TunaBasePipeline):
             prompts = None
         pixels = self.transformer.config.pixels_per_token
         for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value <= 0 or value % pixels:
-                raise ValueError(f"`{name}` must be a positive multiple of {pixels}, got {value}.")
-        if (
-            isinstance(num_images_per_prompt, bool)
-            or not isinstance(num_images_per_prompt, int)
-            or num_images_per_prompt < 1
-        ):
-            raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt}.")
+            if not is_integer(value) or value <= 0 or value % pixels:
+                raise ValueError(f"`{name}` must be a positive multiple of {pixels}, got {value!r}.")
+        if not is_integer(num_images_per_prompt) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}.")
+        if not is_integer(num_inference_steps) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be an integer ≥ 1, got {num_inference_steps!r}.")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         if latents is not None and not torch.is_floating_point(latents):
             raise TypeError(f"`latents` must be a floating point tensor, got {latents.dtype}.")
+        if latents is not None and not torch.isfinite(latents).all():
+            raise ValueError("`latents` holds NaN or infinite values.")
         generators = generator if isinstance(generator, (list, tuple)) else [generator]
         if generator is not None and not all(isinstance(g, torch.Generator) for g in generators):
             raise TypeError(f"`generator` must be a `torch.Generator` or a list of them, got {generator!r}.")
@@ -299,7 +307,10 @@ class TunaPipeline(TunaBasePipeline):
             prompt_cache=prompt_cache,
             use_prompt_cache=use_prompt_cache,
             generator=generator,
+            num_inference_steps=num_inference_steps,
         )
+        height, width = int(height), int(width)  # numpy integers too
+        num_images_per_prompt, num_inference_steps = int(num_images_per_prompt), int(num_inference_steps)
         device, dtype = self._execution_device, self.transformer.dtype
         config = self.transformer.config
         shape = (
@@ -351,7 +362,7 @@ class TunaPipeline(TunaBasePipeline):
                     latent_model_input = latent_model_input.to(dtype)
                     timestep = flow_time.to(dtype).expand(latent_model_input.shape[0])
                     if prompt_cache is not None:  # only the image spans, on top of the cached prompts
-                        try:
+                        with prompt_cache.step():
                             noise_pred = self.transformer(
                                 input_ids=prompt_cache.input_ids,
                                 attention_mask=prompt_cache.attention_mask,
@@ -363,8 +374,6 @@ class TunaPipeline(TunaBasePipeline):
                                 use_cache=True,
                                 logits_to_keep=1,
                             ).flow_prediction
-                        finally:
-                            prompt_cache.crop()
                     else:  # the whole rows, as the official sampler
                         noise_pred = self.transformer(
                             input_ids=prompt_rows.input_ids,

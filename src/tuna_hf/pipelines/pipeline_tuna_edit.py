@@ -135,6 +135,10 @@ class TunaEditPipeline(TunaPipeline):
         # 1. Check inputs; this call's guidance
         if (image is None) == (image_latents is None):
             raise ValueError("Pass exactly one of `image` and `image_latents`.")
+        if isinstance(image, (list, tuple)) and not image:
+            raise ValueError("`image` is an empty list: pass one source image, or one per prompt.")
+        if image_latents is not None and not torch.isfinite(image_latents).all():
+            raise ValueError("`image_latents` holds NaN or infinite values.")
         if height is None or width is None:
             source_height, source_width = self._source_size(image, image_latents)
             height = source_height if height is None else height
@@ -150,7 +154,10 @@ class TunaEditPipeline(TunaPipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
             generator=generator,
+            num_inference_steps=num_inference_steps,
         )
+        height, width = int(height), int(width)  # numpy integers too
+        num_images_per_prompt, num_inference_steps = int(num_images_per_prompt), int(num_inference_steps)
         span_length = self.processor.num_image_tokens(height, width)
         samples = len(prompts) * num_images_per_prompt
         rows = samples * (2 if self.guides(guidance_scale) else 1)

@@ -8,10 +8,13 @@ row on top. The tokens the official layout puts after that span (`<|vision_end|>
 attended by it, so they are dropped ([`TunaPromptRows`]). Conditional and unconditional rows share one forward.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import Cache
+
+from ..locks import lock_for
 
 
 @dataclass
@@ -64,7 +67,7 @@ class TunaPromptRows:
         return flow_prediction.unflatten(0, (self.input_ids.shape[0], -1))[:, -1]
 
 
-@dataclass
+@dataclass(eq=False)  # compared (and locked, `step`) by identity
 class TunaPromptCache:
     """
     The rows' prompts run once: the decoder's and the flow head's key/value caches of everything before the target
@@ -83,6 +86,16 @@ class TunaPromptCache:
     input_ids: torch.LongTensor
     attention_mask: torch.LongTensor
     position_ids: torch.LongTensor
+
+    @contextlib.contextmanager
+    def step(self):
+        """A denoising step on this cache: the block's forward appends the span to the caches, which are cropped back
+        to the prompts afterwards, even if it fails; steps of calls sharing this cache (threads) take turns."""
+        with lock_for(self):
+            try:
+                yield self
+            finally:
+                self.crop()
 
     def crop(self) -> None:
         """Drop the span a denoising step appended: the caches hold the prompts again."""
