@@ -1,5 +1,7 @@
 """Configuration of the TUNA family (Tuna, Tuna-R, Tuna-2): one config, three visual front-ends."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -75,15 +77,15 @@ class TunaFlowHeadConfig(PreTrainedConfig):
     num_key_value_heads: int = 14
     head_dim: int | None = None
     hidden_act: str = "silu"
-    rms_norm_eps: float = 1e-5
-    qk_norm_eps: float = 1e-6
-    final_norm_eps: float = 1e-6
+    rms_norm_eps: float | int = 1e-5
+    qk_norm_eps: float | int = 1e-6
+    final_norm_eps: float | int = 1e-6
     max_position_embeddings: int = 32768
     rope_parameters: dict | None = None
-    image_rope_theta: float = 10000.0
+    image_rope_theta: float | int = 10000.0
     timestep_embedding_dim: int = 256
-    attention_dropout: float = 0.0
-    initializer_range: float = 0.02
+    attention_dropout: float | int = 0.0
+    initializer_range: float | int = 0.02
 
     def __post_init__(self, **kwargs):
         if self.head_dim is None:
@@ -173,16 +175,16 @@ class TunaConfig(PreTrainedConfig):
     vae_config: dict | None = None
     sample_vae_posterior: bool = True
     use_mask_token: bool = False
-    mask_ratio_min: float = -0.7
-    mask_ratio_max: float = 0.3
+    mask_ratio_min: float | int = -0.7
+    mask_ratio_max: float | int = 0.3
     image_token_id: int = 151655
     boi_token_id: int = 151652
     eoi_token_id: int = 151653
-    ntp_coeff: float | None = None
-    flow_coeff: float = 1.0
-    noise_scale: float | None = None
-    understanding_noise_prob: float = 0.0
-    understanding_noise_level: float = 0.1
+    ntp_coeff: float | int | None = None
+    flow_coeff: float | int = 1.0
+    noise_scale: float | int | None = None
+    understanding_noise_prob: float | int = 0.0
+    understanding_noise_level: float | int = 0.1
     filled_layers: list[str] | None = None
     tie_word_embeddings: bool = False
 
@@ -248,8 +250,11 @@ class TunaConfig(PreTrainedConfig):
             raise ValueError(f"`{'`, `'.join(names)}` must be distinct, got {[getattr(self, n) for n in names]}.")
 
     def validate_training(self):
-        """Loss weights, training noise and masking ranges."""
+        """Loss weights, training noise and masking ranges (finite numbers)."""
         check_positive(self, "noise_scale")
+        for name in ("ntp_coeff", "flow_coeff", "noise_scale", "mask_ratio_min", "mask_ratio_max"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"`{name}` must be a finite number, got {getattr(self, name)}.")
         for name in ("ntp_coeff", "flow_coeff"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be ≥ 0, got {getattr(self, name)}.")
