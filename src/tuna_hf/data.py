@@ -22,6 +22,8 @@ import PIL.Image
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from .processing_tuna import check_text
+
 TASKS = ("understanding", "text_to_image", "edit", "video", "text")
 OFFICIAL_FILE_TASKS = {
     "mmu_pairs": "understanding",
@@ -100,6 +102,7 @@ class TunaDataset(Dataset):
         for field in TEXT_FIELDS.get(task, ()):
             if not isinstance(record.get(field), str):
                 raise ValueError(f"a {task} record needs a string {field!r}, got {record.get(field)!r}.")
+            check_text(field, record[field])
         if task in CONVERSATION_TASKS:
             self._validate_conversation(record.get("conversations"))
         for field in IMAGE_FIELDS.get(task, ()):
@@ -118,6 +121,7 @@ class TunaDataset(Dataset):
                 raise ValueError(
                     f"a turn must be {{'from': one of {sorted(ROLES)}, 'value': a string}}, got {turn!r}."
                 )
+            check_text("value", turn["value"])
             if "<image>" in turn["value"]:
                 raise ValueError(
                     "a turn's text holds `<image>`: the record's image goes at the start of the first user turn "
@@ -131,9 +135,9 @@ class TunaDataset(Dataset):
         if not isinstance(value, (str, Path)):
             raise ValueError(f"{field!r} must be an image path or a PIL image, got {value!r}.")
         try:
-            with PIL.Image.open(self._path(value, record)):  # the header only: format and size
-                pass
-        except (OSError, PIL.UnidentifiedImageError) as error:
+            with PIL.Image.open(self._path(value, record)) as image:
+                image.verify()  # the whole file's structure (a truncated PNG fails), without decoding it
+        except (OSError, SyntaxError, PIL.UnidentifiedImageError) as error:
             raise ValueError(f"{field!r} {str(value)!r} cannot be read as an image ({error}).") from None
 
     @classmethod
@@ -346,8 +350,8 @@ class TunaDataCollator:
 
     def _tokenize(self, messages, image, height, width, generation_prompt: bool) -> list[int]:
         text = self.processor.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
-        if image is None:
-            return self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if image is None:  # through the processor too: typed control tokens stay text (docs/architecture.md §14)
+            return self._ids(self.processor(text=text))
         return self._ids(self.processor(text=text, images=[image], height=height, width=width))
 
     @staticmethod

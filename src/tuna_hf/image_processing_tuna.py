@@ -23,6 +23,7 @@ from transformers.video_utils import VideoInput, make_batched_videos
 MAX_COVER_FACTOR = 64
 UINT16_TO_UINT8 = 257  # 65535 / 255
 PIL_ARRAY_MODES = ("I", "F")  # 32-bit integer and float images: their values follow the array rules
+PREMULTIPLIED_MODES = {"La": "LA", "RGBa": "RGBA"}  # PIL's premultiplied alpha, converted to straight alpha first
 
 
 def to_rgb_uint8(image: ImageInput, input_data_format: ChannelDimension | str | None = None) -> np.ndarray:
@@ -31,10 +32,12 @@ def to_rgb_uint8(image: ImageInput, input_data_format: ChannelDimension | str | 
 
     Accepted, as diffusers' `VaeImageProcessor` and transformers' image processors take them: PIL images of any mode
     (16-bit `I;16*` scaled to 8 bits, alpha composited on white); uint8 arrays/tensors; uint16 ones (scaled to 8 bits);
-    other integer ones with values in [0, 255]; float ones with values in [0, 1]. Arrays are `[H, W]`, `[H, W, C]`
-    or `[C, H, W]` with 1, 3 or 4 channels. Anything else is refused with what was expected: nothing is clipped.
+    other integer ones with values in [0, 255]; float ones with values in [0, 1]. Arrays are `[H, W, C]` or
+    `[C, H, W]` with 1, 3 or 4 channels. Anything else is refused with what was expected: nothing is clipped.
     """
     if isinstance(image, PIL.Image.Image):
+        check_image_size(image.height, image.width)
+        image = image.convert(PREMULTIPLIED_MODES[image.mode]) if image.mode in PREMULTIPLIED_MODES else image
         if not (image.mode.startswith("I;16") or image.mode in PIL_ARRAY_MODES):
             return _channels_first(convert_to_rgb(image, return_numpy=True))
         image, input_data_format = np.array(image), ChannelDimension.LAST
@@ -46,7 +49,7 @@ def to_rgb_uint8(image: ImageInput, input_data_format: ChannelDimension | str | 
     if image.ndim == 2:
         image, input_data_format = image[..., None], ChannelDimension.LAST
     if image.ndim != 3:
-        raise ValueError(f"`images`: expected an image of shape [H, W], [H, W, C] or [C, H, W], got {image.shape}.")
+        raise ValueError(f"`images`: expected an image of shape [H, W, C] or [C, H, W], got {image.shape}.")
     if input_data_format is None:
         try:
             input_data_format = infer_channel_dimension_format(image, num_channels=(1, 3, 4))
@@ -54,6 +57,7 @@ def to_rgb_uint8(image: ImageInput, input_data_format: ChannelDimension | str | 
             raise ValueError(f"`images`: expected 1, 3 or 4 channels, got an image of shape {image.shape}.") from None
     if ChannelDimension(input_data_format) == ChannelDimension.FIRST:
         image = np.moveaxis(image, 0, -1)
+    check_image_size(*image.shape[:2])
     pixels = _to_uint8(image)
     if pixels.shape[-1] not in (1, 3, 4):
         raise ValueError(f"`images`: expected 1, 3 or 4 channels, got {pixels.shape[-1]}.")
@@ -61,12 +65,26 @@ def to_rgb_uint8(image: ImageInput, input_data_format: ChannelDimension | str | 
     return _channels_first(convert_to_rgb(image, return_numpy=True))
 
 
+def check_image_size(height: int, width: int) -> None:
+    """An image must have pixels, and no more than twice PIL's decompression-bomb limit (checked before any copy)."""
+    if height == 0 or width == 0:
+        raise ValueError(f"`images`: expected an image with pixels, got one of {height}×{width}.")
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    if limit is not None and height * width > 2 * limit:
+        raise ValueError(
+            f"`images`: an image of {height}×{width} pixels exceeds PIL's decompression-bomb limit of {2 * limit} "
+            "pixels; downscale it first."
+        )
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     """8-bit pixel values of an `[H, W, C]` array, by the rules of `to_rgb_uint8`."""
+    if not image.dtype.isnative:  # big-endian data (a TIFF's, PIL's `I;16B`): the same values, in native order
+        image = image.astype(image.dtype.newbyteorder("="))
     if image.dtype == np.uint8:
         return image
-    if image.dtype == np.uint16:
-        return np.round(image / UINT16_TO_UINT8).astype(np.uint8)
+    if image.dtype == np.uint16:  # round(x / 257) in integers
+        return ((image.astype(np.uint32) + UINT16_TO_UINT8 // 2) // UINT16_TO_UINT8).astype(np.uint8)
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
         raise ValueError(f"`images`: expected integer or float pixel values, got dtype {image.dtype}.")
     low, high = (image.min(), image.max()) if image.size else (0, 0)
@@ -155,17 +173,7 @@ class TunaImageProcessor(PilBackend):
         accepts."""
         if do_convert_rgb is False:
             raise ValueError("`do_convert_rgb=False` is not supported: TUNA reads 3-channel RGB images.")
-        pixels = to_rgb_uint8(image, input_data_format)
-        height, width = pixels.shape[-2:]
-        if height == 0 or width == 0:
-            raise ValueError(f"`images`: expected an image with pixels, got one of {height}×{width}.")
-        limit = PIL.Image.MAX_IMAGE_PIXELS
-        if limit is not None and height * width > 2 * limit:
-            raise ValueError(
-                f"`images`: an image of {height}×{width} pixels exceeds PIL's decompression-bomb limit of {2 * limit} "
-                "pixels; downscale it first."
-            )
-        return pixels
+        return to_rgb_uint8(image, input_data_format)
 
     def image_size(self, image: ImageInput) -> tuple[int, int]:
         """The (height, width) of one image as this processor reads it (its channel axis inferred the same way)."""

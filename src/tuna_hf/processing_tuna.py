@@ -273,7 +273,7 @@ class TunaProcessor(ProcessorMixin):
             return "".join(part + (next(spans) if index < len(parts) - 1 else "") for index, part in enumerate(parts))
 
         samples = [[(piece if literal else expand(piece), literal) for piece, literal in pieces] for pieces in samples]
-        if not any(literal for pieces in samples for _, literal in pieces):
+        if all(len(pieces) <= 1 and not any(literal for _, literal in pieces) for pieces in samples):  # no markers
             return self.tokenizer(["".join(piece for piece, _ in pieces) for pieces in samples], **text_kwargs)
         ids = [
             [i for piece, literal in pieces for i in self._encode_piece(piece, literal, text_kwargs)]
@@ -328,6 +328,9 @@ class TunaProcessor(ProcessorMixin):
         if chat_template is None:
             conversations = [self._with_system_prompt(c) for c in conversations]
         conversations = [[self._mark_message(message) for message in c] for c in conversations]
+        for name in ("tools", "documents"):  # rendered by templates that take them
+            if kwargs.get(name) is not None:
+                kwargs[name] = self._mark_strings(kwargs[name])
         return super().apply_chat_template(conversations if batched else conversations[0], chat_template, **kwargs)
 
     @cached_property
@@ -346,19 +349,35 @@ class TunaProcessor(ProcessorMixin):
         )
 
     def _mark_message(self, message: dict) -> dict:
-        """A message whose role and text the caller wrote, marked: only the template writes control tokens. A string
-        content keeps its `<image>` placeholders (the official prompt's `"<image>\n" + question`); in text items, as
-        everywhere else, `<image>` is text (images go in `{"type": "image"}` items)."""
-        marked = {**message, "role": self.mark_control_tokens(message["role"])}
+        """A message the caller wrote, its strings marked (`mark_control_tokens`): only the template writes control
+        tokens. A string content keeps its `<image>` placeholders (the official prompt's `"<image>\n" + question`);
+        in text items, as everywhere else, `<image>` is text (images go in `{"type": "image"}` items). Text items that
+        follow each other are kept apart by a lone marker, so that their texts cannot join into a control token."""
+        marked = {key: self._mark_strings(value) for key, value in message.items() if key != "content"}
         content = message.get("content")
         if isinstance(content, str):
             marked["content"] = self.mark_control_tokens(content, keep=(self.image_token,))
         elif isinstance(content, (list, tuple)):
-            marked["content"] = [
-                {**item, "text": self.mark_control_tokens(item["text"])} if item.get("type") == "text" else item
-                for item in content
-            ]
+            marked["content"], previous = [], None
+            for item in content:
+                if isinstance(item, dict) and item.get("type") == "text":
+                    text = self.mark_control_tokens(item["text"])
+                    item = {**item, "text": LITERAL_END + text if previous == "text" else text}
+                marked["content"].append(item)
+                previous = item.get("type") if isinstance(item, dict) else None
+        elif content is not None:
+            marked["content"] = self._mark_strings(content)
         return marked
+
+    def _mark_strings(self, value):
+        """Every string in `value` (nested lists and dicts: a message's other fields) marked."""
+        if isinstance(value, str):
+            return self.mark_control_tokens(value)
+        if isinstance(value, (list, tuple)):
+            return [self._mark_strings(item) for item in value]
+        if isinstance(value, dict):
+            return {key: self._mark_strings(item) for key, item in value.items()}
+        return value
 
     def _with_system_prompt(self, conversation: list[dict]) -> list[dict]:
         if not self.default_system_prompt or conversation[0]["role"] == "system":
