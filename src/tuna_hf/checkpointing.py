@@ -14,6 +14,7 @@ shadow weights per process (`ema_{rank}.safetensors`, scalars in the metadata). 
 
 import json
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -67,19 +68,36 @@ def latest_checkpoint(output: Path) -> Path | None:
     return max(checkpoints, key=checkpoint_step, default=None)
 
 
-def run_arguments(args) -> dict:
-    """The arguments that define a run (`RUN_ARGUMENTS`, `SCHEDULE_ARGUMENTS`), JSON-ready."""
+def run_arguments(args, accelerator) -> dict:
+    """What defines a run, JSON-ready: its arguments (`RUN_ARGUMENTS`, `SCHEDULE_ARGUMENTS`; local paths resolved)
+    and the processes and precision it ran with (which set the global batch and the numerics)."""
     names = RUN_ARGUMENTS + SCHEDULE_ARGUMENTS.get(args.lr_schedule, ())
-    return {name: json.loads(json.dumps(getattr(args, name), default=str)) for name in names}
+    values = {name: _resolved(getattr(args, name)) for name in names}
+    values.update(num_processes=accelerator.num_processes, mixed_precision=str(accelerator.mixed_precision))
+    return json.loads(json.dumps(values, default=str))
+
+
+def _resolved(value):
+    """A local path as its absolute form (`./repo` and `repo` are one model), anything else as it is."""
+    if isinstance(value, (list, tuple)):
+        return [_resolved(item) for item in value]
+    return str(Path(value).resolve()) if isinstance(value, (str, Path)) and Path(value).exists() else value
 
 
 def save_checkpoint(accelerator, folder: Path, args, ema=None) -> None:
-    """accelerate's state, the run's arguments and the EMA (if any) in `folder`, the way `resume` reads them."""
-    accelerator.save_state(str(folder))
+    """accelerate's state, the run's arguments and the EMA (if any) in `folder`, the way `resume` reads them.
+    Written as `checkpoint-N.partial` and renamed when complete, so that `latest` never picks a half-written one."""
+    partial = folder.with_name(folder.name + ".partial")
+    accelerator.save_state(str(partial))
     if accelerator.is_main_process:
-        (folder / RUN_ARGUMENTS_NAME).write_text(json.dumps(run_arguments(args), indent=2) + "\n")
+        (partial / RUN_ARGUMENTS_NAME).write_text(json.dumps(run_arguments(args, accelerator), indent=2) + "\n")
     if ema is not None:
-        save_ema(ema, folder / f"ema_{accelerator.process_index}.safetensors")
+        save_ema(ema, partial / f"ema_{accelerator.process_index}.safetensors")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if folder.exists():
+            shutil.rmtree(folder)
+        partial.rename(folder)
     accelerator.wait_for_everyone()
 
 
@@ -87,7 +105,7 @@ def resume(accelerator, folder: Path, args, ema=None, allow_inexact: bool = Fals
     """Checks `folder` (see the module docstring), loads it into the prepared objects and `ema`; returns its step."""
     step = checkpoint_step(folder)
     check_loads_safely(folder)
-    check_run_arguments(folder, args, allow_inexact)
+    check_run_arguments(folder, args, accelerator, allow_inexact)
     check_random_states(folder, accelerator.process_index, allow_inexact)
     ema_file = folder / f"ema_{accelerator.process_index}.safetensors"
     if (ema is not None) != ema_file.exists():
@@ -111,13 +129,13 @@ def check_loads_safely(folder: Path) -> None:
         )
 
 
-def check_run_arguments(folder: Path, args, allow_inexact: bool) -> None:
+def check_run_arguments(folder: Path, args, accelerator, allow_inexact: bool) -> None:
     """The arguments that define the run must be those of the checkpointed run (see `RUN_ARGUMENTS`)."""
     path = folder / RUN_ARGUMENTS_NAME
     if not path.exists():
         _inexact(f"{folder} has no {RUN_ARGUMENTS_NAME}: the run's arguments cannot be checked.", allow_inexact)
         return
-    saved, given = json.loads(path.read_text()), run_arguments(args)
+    saved, given = json.loads(path.read_text()), run_arguments(args, accelerator)
     changed = [name for name in sorted(set(saved) | set(given)) if saved.get(name) != given.get(name)]
     if changed:
         flag = "`--{}` {!r} → {!r}".format

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -416,7 +417,7 @@ def convert_official_checkpoint(
     pipeline = TunaPipeline(transformer=model.eval(), processor=processor, scheduler=scheduler)
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(output, log)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.{os.getpid()}.", dir=output.parent))
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(output), dir=output.parent))
     try:
         pipeline.save_pretrained(staging, max_shard_size=max_shard_size)
         _write_model_card(staging, output, push_to_hub, spec, pipeline)
@@ -431,14 +432,29 @@ def convert_official_checkpoint(
     return output
 
 
+def staging_prefix(output: Path) -> str:
+    """`.NAME.HOST-PID.`: the staging folders of a conversion to `output` name their host and process."""
+    return f".{output.name}.{_host()}-{os.getpid()}."
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
+
+
 def remove_stale_staging(output: Path, log: Callable[[str], None]) -> None:
-    """Delete the staging folders (`.NAME.PID.*`) that killed conversions to `output` left behind: those whose
-    process no longer runs."""
+    """Delete the staging folders that killed conversions to `output` on this host left behind (their process no
+    longer runs); staging folders of other hosts, or without an owner in their name, are only reported."""
+    pattern = re.compile(rf"\.{re.escape(output.name)}\.([A-Za-z0-9-]+)-(\d+)\.[^.]+")
+    host = _host()
     for folder in output.parent.glob(f".{output.name}.*"):
-        pid = folder.name.removeprefix(f".{output.name}.").split(".", 1)[0]
-        if folder.is_dir() and pid.isdigit() and not _process_exists(int(pid)):
+        match = pattern.fullmatch(folder.name)
+        if not folder.is_dir():
+            continue
+        if match and match[1] == host and not _process_exists(int(match[2])):
             shutil.rmtree(folder, ignore_errors=True)
             log(f"Removed {folder}, left by an interrupted conversion.")
+        elif not match or match[1] != host:
+            log(f"Found {folder}, maybe left by an interrupted conversion elsewhere: delete it if none runs.")
 
 
 def _process_exists(pid: int) -> bool:
