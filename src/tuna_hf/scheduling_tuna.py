@@ -11,7 +11,11 @@ time is `t = 1 − sigma` (t = 1 clean), which is what the model's `timesteps` a
   N − 1 intervals and always Euler for the last one: N calls (Euler) or 2N − 1 (Heun). The initial noise is scaled by
   `noise_scale` (2). The grid is built in the model's dtype, as the official one (bf16 in the released configs).
 
-Guidance is the pipelines' business (their config holds its defaults).
+Guidance is the pipelines' business (their config holds its defaults). The pipelines also sample with diffusers' own
+flow-matching schedulers (`FlowMatchEulerDiscreteScheduler`, `FlowMatchHeunDiscreteScheduler`, and multistep solvers
+set to flow sigmas, such as `UniPCMultistepScheduler` / `DPMSolverMultistepScheduler`): the functions at the end of
+this module check such a scheduler and turn the model's prediction into the flow `noise − x_data` they integrate
+(docs/architecture.md §6).
 """
 
 import numbers
@@ -194,6 +198,58 @@ class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         if self.config.prediction_type == "velocity":
             return model_output.to(sample.dtype)
         return (model_output.to(sample.dtype) - sample) / max(self.config.x0_min_denominator, float(sigma))
+
+
+def check_scheduler(scheduler: SchedulerMixin, prediction_type: str) -> None:
+    """
+    Refuses a scheduler the model cannot sample with. `TunaFlowMatchScheduler` must have the model's
+    `prediction_type`; a diffusers scheduler must integrate the flow ODE: a `FlowMatch*` scheduler, or a solver set to
+    `use_flow_sigmas=True` with `prediction_type="flow_prediction"`.
+    """
+    if isinstance(scheduler, TunaFlowMatchScheduler):
+        if scheduler.config.prediction_type != prediction_type:
+            raise ValueError(
+                f"The scheduler's `prediction_type` ({scheduler.config.prediction_type!r}) must be the model's "
+                f"({prediction_type!r})."
+            )
+        return
+    config = scheduler.config
+    flow_solver = config.get("use_flow_sigmas") and config.get("prediction_type") == "flow_prediction"
+    if not (type(scheduler).__name__.startswith("FlowMatch") or flow_solver):
+        raise ValueError(
+            f"`scheduler` must be a TunaFlowMatchScheduler, a diffusers FlowMatch* scheduler, or a solver with "
+            f'`use_flow_sigmas=True` and `prediction_type="flow_prediction"`; got {type(scheduler).__name__} with '
+            f"use_flow_sigmas={config.get('use_flow_sigmas')!r}, prediction_type={config.get('prediction_type')!r}."
+        )
+
+
+def call_sigma(scheduler: SchedulerMixin, index: int, timestep: torch.Tensor) -> torch.Tensor:
+    """
+    The noise level `sigma = 1 − t` of the model call `index` (at `timestep`). Diffusers' schedulers keep one sigma
+    per call (their multistep solvers round `timesteps` to integers); TUNA's `sigmas` are grid points.
+    """
+    if isinstance(scheduler, TunaFlowMatchScheduler):
+        return timestep / scheduler.config.num_train_timesteps
+    return scheduler.sigmas[index].to(timestep.device)
+
+
+def scheduler_model_output(
+    scheduler: SchedulerMixin, prediction: torch.Tensor, sample: torch.Tensor, sigma: float, prediction_type: str
+) -> torch.Tensor:
+    """
+    The model's (guided) prediction as `scheduler.step` takes it: unchanged for `TunaFlowMatchScheduler`, the flow
+    `noise − x_data = dx/dsigma` for diffusers' schedulers — minus TUNA's velocity, or `(x − x0) / sigma` from x0.
+    Without the JiT clamp `max(0.05, sigma)`: the official grids never call the model below sigma 0.05, diffusers'
+    end at sigma 1/1000, where the clamp would leave their last step (and a solver's x0 `x − sigma · flow`) short
+    of the model's x0 (docs/architecture.md §6).
+    """
+    if isinstance(scheduler, TunaFlowMatchScheduler):
+        return prediction
+    if prediction_type == "velocity":
+        return -prediction
+    if sigma <= 0:
+        raise ValueError(f"{type(scheduler).__name__} calls the model at sigma {sigma}, where x0 has no flow.")
+    return (sample - prediction) / sigma
 
 
 __all__ = ["OFFICIAL_SAMPLING_DEFAULTS", "TunaFlowMatchScheduler"]

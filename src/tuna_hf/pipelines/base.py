@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, SchedulerMixin
 from diffusers.configuration_utils import FrozenDict
+from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
 from diffusers.utils import logging
 from diffusers.utils.hub_utils import load_or_create_model_card, populate_model_card
 from diffusers.utils.torch_utils import randn_tensor
@@ -22,7 +23,7 @@ from transformers import DynamicCache
 
 from ..modeling_tuna import TunaForUnifiedMultimodal
 from ..processing_tuna import TunaProcessor, check_text
-from ..scheduling_tuna import LEGACY_GUIDANCE_KEYS, TunaFlowMatchScheduler
+from ..scheduling_tuna import LEGACY_GUIDANCE_KEYS, TunaFlowMatchScheduler, check_scheduler
 from ..wan_vae import decode_wan_latents
 from .lora import TunaLoraLoaderMixin
 from .prompt_cache import TunaPromptCache, TunaPromptRows
@@ -147,7 +148,10 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
     Args:
         transformer ([`TunaForUnifiedMultimodal`]): the model (Tuna holds its Wan 2.2 VAE as `transformer.model.vae`).
         processor ([`TunaProcessor`]): builds the official sequence layouts.
-        scheduler ([`TunaFlowMatchScheduler`]): the time grid and steps; its `prediction_type` must be the model's.
+        scheduler ([`TunaFlowMatchScheduler`] or a diffusers flow-matching scheduler): the time grid and steps.
+            `TunaFlowMatchScheduler` (the default, the official samplers) must have the model's `prediction_type`;
+            diffusers' `FlowMatch*` schedulers and solvers set to flow sigmas (`use_flow_sigmas=True`,
+            `prediction_type="flow_prediction"`) get the model's prediction as the flow they integrate.
         edit_negative_prompt (`str`, defaults to `OFFICIAL_EDIT_NEGATIVE_PROMPT`): the text of the unconditional rows
             when [`TunaEditPipeline`] gets no `negative_prompt`. A model trained with empty instructions as its
             unconditional case (caption dropout, as `examples/train.py`) sets `""`.
@@ -170,7 +174,7 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         self,
         transformer: TunaForUnifiedMultimodal,
         processor: TunaProcessor,
-        scheduler: TunaFlowMatchScheduler,
+        scheduler: TunaFlowMatchScheduler | SchedulerMixin,
         edit_negative_prompt: str = OFFICIAL_EDIT_NEGATIVE_PROMPT,
         guidance_scale: float | None = None,
         edit_guidance_scale: float | None = None,
@@ -182,12 +186,7 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
             raise ValueError("A TUNA pipeline needs its `transformer`: it is the whole model.")
         if not isinstance(edit_negative_prompt, str):
             raise TypeError(f"`edit_negative_prompt` must be a string, got {edit_negative_prompt!r}.")
-        prediction_type = transformer.config.prediction_type
-        if scheduler.config.get("prediction_type", prediction_type) != prediction_type:
-            raise ValueError(
-                f"The scheduler's `prediction_type` ({scheduler.config.prediction_type!r}) must be the model's "
-                f"({prediction_type!r})."
-            )
+        check_scheduler(scheduler, transformer.config.prediction_type)
         given = {
             "guidance_scale": guidance_scale,
             "edit_guidance_scale": edit_guidance_scale,
@@ -405,7 +404,39 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         if isinstance(generator, list) and len(generator) != shape[0]:
             raise ValueError(f"Got {len(generator)} generators for {shape[0]} images.")
         noise = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=torch.float32)
-        return noise * self.scheduler.init_noise_sigma
+        return noise * self.initial_noise_sigma
+
+    @property
+    def initial_noise_sigma(self) -> float:
+        """The standard deviation of the initial noise: `TunaFlowMatchScheduler` holds the official one; diffusers'
+        flow schedulers start at sigma 1, pure noise, which is the model's training noise (`noise_scale`)."""
+        if isinstance(self.scheduler, TunaFlowMatchScheduler):
+            return self.scheduler.init_noise_sigma
+        return self.transformer.config.noise_scale
+
+    @staticmethod
+    def prepare_timesteps(
+        scheduler: SchedulerMixin, num_inference_steps: int, span_length: int, device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """
+        Sets `scheduler`'s timesteps for this call and returns them. `TunaFlowMatchScheduler` builds the official
+        grid in the model's dtype; a diffusers scheduler with dynamic shifting gets QwenImage's `mu` for the span's
+        image tokens.
+        """
+        if isinstance(scheduler, TunaFlowMatchScheduler):
+            scheduler.set_timesteps(num_inference_steps, device=device, grid_dtype=dtype)
+            return scheduler.timesteps
+        extra = {}
+        if scheduler.config.get("use_dynamic_shifting"):
+            extra["mu"] = calculate_shift(
+                span_length - 1,
+                scheduler.config.get("base_image_seq_len", 256),
+                scheduler.config.get("max_image_seq_len", 4096),
+                scheduler.config.get("base_shift", 0.5),
+                scheduler.config.get("max_shift", 1.15),
+            )
+        scheduler.set_timesteps(num_inference_steps, device=device, **extra)
+        return scheduler.timesteps
 
     def decode(self, latents: torch.Tensor, output_type: str, video: bool = False):
         """

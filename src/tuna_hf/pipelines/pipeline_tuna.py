@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from diffusers.utils import logging
 
-from ..scheduling_tuna import LEGACY_GUIDANCE_KEYS
+from ..scheduling_tuna import LEGACY_GUIDANCE_KEYS, call_sigma, scheduler_model_output
 from .base import OUTPUT_TYPES, TunaBasePipeline
 from .pipeline_output import TunaPipelineOutput, TunaVideoPipelineOutput
 from .prompt_cache import TunaPromptCache, TunaPromptRows
@@ -313,6 +313,7 @@ class TunaPipeline(TunaBasePipeline):
         num_images_per_prompt, num_inference_steps = int(num_images_per_prompt), int(num_inference_steps)
         device, dtype = self._execution_device, self.transformer.dtype
         config = self.transformer.config
+        prediction_type = config.prediction_type
         shape = (
             len(prompts) * num_images_per_prompt if prompt_rows is None else prompt_rows.batch_size,
             config.latent_channels,
@@ -347,17 +348,17 @@ class TunaPipeline(TunaBasePipeline):
 
             # 4. Prepare timesteps, on a scheduler of this call's own (the loop's state stays out of the shared one)
             scheduler = self.scheduler.from_config(self.scheduler.config)
-            scheduler.set_timesteps(num_inference_steps, device=device, grid_dtype=dtype)
-            timesteps = scheduler.timesteps
+            timesteps = self.prepare_timesteps(scheduler, num_inference_steps, prompt_rows.span_length, device, dtype)
             _call_state(self)["num_timesteps"] = len(timesteps)
 
             # 5. Denoising loop. The sample stays in float32 (the official Tuna sampler does so too); CFG rows are
             # `[conditional; unconditional]`, guided on the model's prediction.
-            with self.progress_bar(total=len(scheduler.sigmas) - 1) as progress_bar:
+            with self.progress_bar(total=-(-len(timesteps) // scheduler.order)) as progress_bar:
                 for i, t in enumerate(timesteps):
                     if self.interrupt:
                         continue
-                    flow_time = 1 - t / scheduler.config.num_train_timesteps  # TUNA's time: t = 1 is clean
+                    sigma = call_sigma(scheduler, i, t)
+                    flow_time = 1 - sigma  # TUNA's time: t = 1 is clean
                     latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
                     latent_model_input = latent_model_input.to(dtype)
                     timestep = flow_time.to(dtype).expand(latent_model_input.shape[0])
@@ -390,7 +391,8 @@ class TunaPipeline(TunaBasePipeline):
                         scale = self.guidance_scale_at(float(flow_time), guidance_scale)
                         noise_pred = noise_pred_uncond + scale * (noise_pred_cond - noise_pred_uncond)
 
-                    latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                    prediction = scheduler_model_output(scheduler, noise_pred, latents, float(sigma), prediction_type)
+                    latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
 
                     if callback_on_step_end is not None:
                         callback_kwargs = {}
