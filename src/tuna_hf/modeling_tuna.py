@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKLWan
+from diffusers import AutoencoderKLWan, ModelMixin
 from torch import nn
 from transformers import (
     AutoModel,
@@ -525,11 +525,27 @@ class TunaPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "video", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["Qwen2DecoderLayer", "SiglipEncoderLayer", "TunaFlowHeadLayer"]
+    # The blocks a denoising step and a decoding step repeat, for regional compilation (`compile_repeated_blocks`).
+    _repeated_blocks = ("Qwen2DecoderLayer", "TunaFlowHeadLayer")
     _skip_keys_device_placement = ["past_key_values"]
     _keep_in_fp32_modules_strict = ["vae"]
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    def compile_repeated_blocks(self, *args, **kwargs):
+        """
+        Regional compilation, diffusers' `ModelMixin.compile_repeated_blocks`: `block.compile(*args, **kwargs)` for
+        every decoder layer and flow-head block (`_repeated_blocks`), e.g. `fullgraph=True`.
+
+        Every block reads its own layer of the KV cache, which dynamo guards on, so the first forward compiles each
+        block for each cache state it meets (empty while a prompt is prefilled, filled during the steps); the
+        recompile limit is raised to that count. The steps after the first reuse the compiled code.
+        """
+        blocks = sum(type(module).__name__ in self._repeated_blocks for module in self.modules())
+        dynamo_config = torch._dynamo.config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 4 * blocks)
+        ModelMixin.compile_repeated_blocks(self, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):

@@ -87,6 +87,22 @@ class TunaPromptCache:
     attention_mask: torch.LongTensor
     position_ids: torch.LongTensor
 
+    def __post_init__(self):
+        self._lay_out_as_steps_leave_it()
+
+    def _lay_out_as_steps_leave_it(self) -> None:
+        """Hold every layer's keys and values as a view of prompt + span, the way a step's crop leaves them: the first
+        step then gets inputs of the same strides as every later one, so code compiled for it serves them all
+        (`compile_repeated_blocks`). A step concatenates into new tensors, so the values it computes are unchanged."""
+        span_length = self.input_ids.shape[1]
+        for layer in (*self.decoder_cache.layers, *self.flow_head_cache.layers):
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name)
+                *batch, length, width = tensor.shape
+                room = tensor.new_empty(*batch, length + span_length, width)
+                room[..., :length, :] = tensor
+                setattr(layer, name, room[..., :length, :])
+
     @contextlib.contextmanager
     def step(self):
         """A denoising step on this cache: the block's forward appends the span to the caches, which are cropped back
