@@ -371,7 +371,7 @@ def convert_official_checkpoint(
         spec["official_class"],
         spec["model_kwargs"],
         llm_values,
-        _official_token_ids(text_tokenizer),
+        official_token_ids(text_tokenizer),
         spec["siglip_config"],
         vae_kwargs,
     )
@@ -487,7 +487,8 @@ def _official_spec(official_config, preset, llm_config, siglip_config) -> dict:
     return spec
 
 
-def _official_token_ids(tokenizer) -> dict[str, int]:
+def official_token_ids(tokenizer) -> dict[str, int]:
+    """The official names of the span token ids of `tokenizer` (`img_pad_id`, `boi_id`, `eoi_id`)."""
     ids = tuna_token_ids(tokenizer)
     return {"img_pad_id": ids["image_token_id"], "boi_id": ids["boi_token_id"], "eoi_id": ids["eoi_token_id"]}
 
