@@ -206,6 +206,13 @@ def omni_attention_mask(
     )
 
 
+def compute_dtype(linear: nn.Linear, default: torch.dtype) -> torch.dtype:
+    """The dtype `linear` computes in: its weight's floating dtype — float32 for the layers kept so in a half-precision
+    model (`_keep_in_fp32_modules`) — or `default` when its weight is stored quantized or in float8."""
+    dtype = linear.weight.dtype
+    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else default
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """AdaLN modulation, computed in float32 as the official `modulate`."""
     return (x.float() * (1 + scale.float()) + shift.float()).to(x.dtype)
@@ -240,8 +247,8 @@ class TunaTimestepEmbedder(nn.Module):
         half = self.frequency_dim // 2
         exponent = torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
         angles = timesteps[:, None].float() * torch.exp(-math.log(10000) * exponent)[None]
-        frequencies = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).to(dtype)
-        return self.linear_2(self.act(self.linear_1(frequencies)))
+        frequencies = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).to(compute_dtype(self.linear_1, dtype))
+        return self.linear_2(self.act(self.linear_1(frequencies))).to(dtype)
 
 
 class TunaVisionTower(nn.Module):
@@ -476,6 +483,10 @@ class TunaFlowHeadFinalLayer(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, timestep_embeds: torch.Tensor | None, spans: TunaImageSpans | None
     ) -> torch.Tensor:
+        dtype = compute_dtype(self.proj, hidden_states.dtype)
+        hidden_states = hidden_states.to(dtype)
+        if timestep_embeds is not None:
+            timestep_embeds = timestep_embeds.to(dtype)
         shift, scale = span_modulation(self.modulation, timestep_embeds, spans, hidden_states, fills=(0, 0))
         return self.proj(modulate(self.norm(hidden_states), shift, scale))
 
@@ -527,6 +538,12 @@ class TunaPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["Qwen2DecoderLayer", "SiglipEncoderLayer", "TunaFlowHeadLayer"]
     # The blocks a denoising step and a decoding step repeat, for regional compilation (`compile_repeated_blocks`).
     _repeated_blocks = ("Qwen2DecoderLayer", "TunaFlowHeadLayer")
+    # Diffusers' storage casting and group offloading (`enable_layerwise_casting`, `enable_group_offload`). Storage
+    # casting skips diffusers' defaults (norms, the patch embedding) and `_keep_in_fp32_modules`.
+    _skip_layerwise_casting_patterns = None
+    _supports_group_offloading = True
+    enable_layerwise_casting = ModelMixin.enable_layerwise_casting
+    enable_group_offload = ModelMixin.enable_group_offload
     _skip_keys_device_placement = ["past_key_values"]
     _keep_in_fp32_modules_strict = ["vae"]
     _supports_sdpa = True
@@ -875,6 +892,10 @@ class TunaForUnifiedMultimodal(TunaPreTrainedModel, GenerationMixin):
     """TUNA with its two heads: the LM head (understanding, `generate()`) and the flow head (generation, editing)."""
 
     output_modalities = ("image", "text")
+    # The layers that stay in high precision, declared once for every quantization backend (transformers' quantizers
+    # skip them), for diffusers' storage casting, and for float16 loading (they load in float32): the VAE, the timestep
+    # embedder and the flow head's final layer, measured to matter most at low bit widths (docs/architecture.md §9).
+    _keep_in_fp32_modules = ["model.vae", "model.timestep_embedder", "flow_head.final_layer"]
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
     # The decoder's plans come with it (Qwen2's); the LM head as in `Qwen2ForCausalLM`. The flow head and the visual
     # front-ends are replicated under tensor parallelism and sit after / before the pipeline stages.

@@ -172,3 +172,47 @@ def add_random_lora(model, adapter_name: str = "style", rank: int = 4, lora_alph
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+
+def cpu_quantization_configs() -> dict:
+    """transformers quantization configs of the backends that run on a CPU, by name, for those installed (torchao,
+    optimum-quanto, bitsandbytes). torchao's CPU 4-bit stores int4 values in int8 (its packed int4 layouts need CUDA).
+    `TunaForUnifiedMultimodal._keep_in_fp32_modules` are skipped by each."""
+    from transformers import BitsAndBytesConfig, QuantoConfig, TorchAoConfig
+    from transformers.utils import is_bitsandbytes_available, is_optimum_quanto_available, is_torchao_available
+
+    configs = {}
+    if is_torchao_available():
+        from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, PerGroup
+
+        configs["torchao int8"] = TorchAoConfig(Int8WeightOnlyConfig())
+        configs["torchao int4"] = TorchAoConfig(
+            IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32))
+        )
+    if is_optimum_quanto_available():
+        configs["quanto int8"] = QuantoConfig(weights="int8")
+        configs["quanto int4"] = QuantoConfig(weights="int4")
+    if is_bitsandbytes_available():
+        configs["bitsandbytes 8-bit"] = BitsAndBytesConfig(load_in_8bit=True)
+        nf4 = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": torch.bfloat16}
+        configs["bitsandbytes nf4"] = BitsAndBytesConfig(load_in_4bit=True, **nf4)
+    return configs
+
+
+def stored_weight_bytes(model: torch.nn.Module) -> int:
+    """The bytes a model's parameters and buffers take as stored: quantized tensor subclasses (torchao, quanto) count
+    their inner tensors, bitsandbytes weights their scales too (`get_memory_footprint` counts the former at the
+    original dtype)."""
+
+    def stored(tensor: torch.Tensor) -> list[torch.Tensor]:
+        if hasattr(tensor, "__tensor_flatten__"):
+            names, _ = tensor.__tensor_flatten__()
+            return [inner for name in names for inner in stored(getattr(tensor, name))]
+        scales = [getattr(tensor, "SCB", None), getattr(getattr(tensor, "quant_state", None), "absmax", None)]
+        return [tensor, *(scale for scale in scales if isinstance(scale, torch.Tensor))]
+
+    tensors = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        for inner in stored(tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor):
+            tensors[(inner.data_ptr(), inner.numel(), inner.dtype)] = inner.numel() * inner.element_size()
+    return sum(tensors.values())
