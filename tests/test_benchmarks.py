@@ -1,6 +1,10 @@
-"""The benchmark scripts run: `benchmarks/sizing.py` sizes every official preset."""
+"""The benchmark scripts run: `benchmarks/sizing.py` sizes every official preset, `benchmarks/bench_gpu.py` runs on
+the tiny preset."""
 
+import re
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 from tuna_hf.official_presets import OFFICIAL_PRESETS
@@ -30,3 +34,14 @@ def test_sizing_prints_every_preset(capsys):
             assert float(weight) < float(t2i_512) < float(t2i_1024) and float(weight) < float(edit_512)
             weights.append(float(weight))
         assert weights == sorted(weights, reverse=True)
+
+
+def test_bench_gpu_runs_end_to_end_with_the_tiny_preset():
+    """The GPU benchmark's whole code path on the CPU (dynamo's eager backend keeps it fast; full-graph capture still
+    has to succeed)."""
+    command = [sys.executable, "benchmarks/bench_gpu.py", "--preset", "tiny", "--sizes", "32", "--steps", "2"]
+    command += ["--new-tokens", "4", "--compile-backend", "eager"]
+    output = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    timed = [line for line in output.splitlines() if re.search(r"\d s/(image|token) +peak +[\d.]+ MiB$", line)]
+    assert len(timed) == 6 + 2 + 2 + 2 + 2 + 2  # bf16: 6 eager calls, VQA ×2, 2 compiled; int8: 2, 2, 2
+    assert sum("official padded" in line for line in timed) == 2
