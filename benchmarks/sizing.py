@@ -7,8 +7,9 @@ estimated peak of each call and the smallest GPU class that holds them. The rule
 
 * Weights. bf16: 2 bytes a parameter, but the Wan VAE's 4: the model keeps it in float32
   (`_keep_in_fp32_modules_strict`). int8 / 4-bit: 1 / 0.5 byte for the weight of every quantizable Linear, the plain
-  `nn.Linear` layers transformers' quantizers convert (all but the LM head, `HfQuantizer.get_modules_to_not_convert`);
-  their biases and every other parameter (embeddings, norms, convolutions, the VAE) keep their bf16-row bytes.
+  `nn.Linear` layers transformers' quantizers convert (all but the LM head and `_keep_in_fp32_modules`,
+  `HfQuantizer.get_modules_to_not_convert`); their biases and every other parameter (embeddings, norms,
+  convolutions, the VAE) keep their bf16-row bytes.
   Quantization scales are not counted.
 * Prompt cache. The rows of a guided call as the pipelines build them (`TunaProcessor.build_generation_inputs` /
   `build_edit_inputs`, left-padded, cut after the target span), with a 64-token prompt and a 64-token negative
@@ -71,7 +72,7 @@ def build_preset(name: str, tokenizer) -> TunaForUnifiedMultimodal:
 
 def quantizable_weights(model) -> set[str]:
     """The weights int8 and 4-bit store quantized: those of the `nn.Linear` layers transformers' quantizers convert."""
-    skipped = HfQuantizer.get_modules_to_not_convert(model)
+    skipped = HfQuantizer.get_modules_to_not_convert(model, keep_in_fp32_modules=list(model._keep_in_fp32_modules))
     return {
         f"{name}.weight"
         for name, module in model.named_modules()
