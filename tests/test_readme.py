@@ -61,7 +61,7 @@ def run_block(language: str, code: str, cwd: Path) -> None:
 
 
 def test_the_readme_has_the_blocks_this_test_knows():
-    assert len(BLOCKS) == 11, [code.splitlines()[0] for _, code in BLOCKS]
+    assert len(BLOCKS) == 12, [code.splitlines()[0] for _, code in BLOCKS]
     assert sum("scripts/install.sh" in code for _, code in BLOCKS) == 2
 
 
