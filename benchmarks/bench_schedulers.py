@@ -47,8 +47,8 @@ def model_calls(pipe: TunaPipeline, num_inference_steps: int) -> int:
     """The model calls one image takes with `pipe`'s scheduler at `num_inference_steps`."""
     scheduler = pipe.scheduler.from_config(pipe.scheduler.config)
     size = pipe.processor.image_processor.size
-    span_length = pipe.processor.num_image_tokens(size["height"], size["width"])
-    return len(pipe.prepare_timesteps(scheduler, num_inference_steps, span_length, "cpu", pipe.transformer.dtype))
+    image_seq_len = pipe.processor.num_image_tokens(size["height"], size["width"]) - 1
+    return len(pipe.prepare_timesteps(scheduler, num_inference_steps, image_seq_len, "cpu", pipe.transformer.dtype))
 
 
 def main():

@@ -10,6 +10,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
     FlowMatchHeunDiscreteScheduler,
+    FlowMatchLCMScheduler,
     UniPCMultistepScheduler,
 )
 
@@ -54,8 +55,8 @@ def test_each_scheduler_gives_valid_images_for_both_predictions(base_pipelines, 
     assert images.shape == (1, 3, SIZE, SIZE) and torch.isfinite(images).all()
     assert images.min() >= 0 and images.max() <= 1
     scheduler = pipe.scheduler.from_config(pipe.scheduler.config)
-    span_length = pipe.processor.num_image_tokens(SIZE, SIZE)
-    assert len(steps) == len(pipe.prepare_timesteps(scheduler, 3, span_length, "cpu", torch.float32))
+    image_seq_len = pipe.processor.num_image_tokens(SIZE, SIZE) - 1
+    assert len(steps) == len(pipe.prepare_timesteps(scheduler, 3, image_seq_len, "cpu", torch.float32))
     edit = TunaEditPipeline.from_pipe(pipe)
     edited = edit(images[0], "make it blue", num_inference_steps=3, output_type="pt").images
     assert edited.shape == (1, 3, SIZE, SIZE) and torch.isfinite(edited).all()
@@ -132,3 +133,39 @@ def test_multistep_state_stays_with_each_call(base_pipelines):
 def test_a_scheduler_that_does_not_integrate_the_flow_is_refused(base_pipelines, scheduler):
     with pytest.raises(ValueError, match=r"`scheduler` must be a TunaFlowMatchScheduler, a diffusers FlowMatch\*"):
         TunaPipeline.from_pipe(base_pipelines["patch"], scheduler=scheduler)
+
+
+@pytest.mark.parametrize("solver", [UniPCMultistepScheduler, DPMSolverMultistepScheduler])
+def test_multistep_solvers_start_at_their_first_step_when_rounded_timesteps_coincide(base_pipelines, solver):
+    """A strong shift rounds the first two timesteps to 999: the solver must still take every step in order."""
+    scheduler = solver(**FLOW_SOLVER, flow_shift=12.0)
+    pipe = TunaPipeline.from_pipe(base_pipelines["patch"], scheduler=scheduler)
+    scheduler.set_timesteps(100)
+    assert scheduler.timesteps[0] == scheduler.timesteps[1]
+    steps = []
+    images = sample(pipe, num_inference_steps=100, callback_on_step_end=lambda p, i, t, kw: steps.append(i) or {})
+    assert steps == list(range(100)) and torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize(
+    "scheduler, setting",
+    [
+        (FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), "stochastic_sampling=True"),
+        (
+            DPMSolverMultistepScheduler(**FLOW_SOLVER, algorithm_type="sde-dpmsolver++"),
+            "algorithm_type='sde-dpmsolver",
+        ),
+        (FlowMatchLCMScheduler(), "FlowMatchLCMScheduler"),
+    ],
+    ids=["stochastic-euler", "sde-dpm", "lcm"],
+)
+def test_a_scheduler_that_draws_noise_is_refused(base_pipelines, scheduler, setting):
+    with pytest.raises(ValueError, match=rf"`scheduler` draws noise in its steps \({setting}"):
+        TunaPipeline.from_pipe(base_pipelines["patch"], scheduler=scheduler)
+
+
+def test_sigmas_outside_the_flow_range_are_refused(base_pipelines):
+    scheduler = DPMSolverMultistepScheduler(**FLOW_SOLVER, use_karras_sigmas=True)
+    pipe = TunaPipeline.from_pipe(base_pipelines["patch"], scheduler=scheduler)
+    with pytest.raises(ValueError, match=r"DPMSolverMultistepScheduler's sigmas span .* not flow sigmas in \[0, 1\]"):
+        sample(pipe)

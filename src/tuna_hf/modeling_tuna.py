@@ -530,6 +530,11 @@ class TunaFlowHead(nn.Module):
         return self.final_layer(hidden_states, timestep_embeds, spans)
 
 
+# Compiled entries allowed per repeated block (`compile_repeated_blocks`): the kinds of forward a block meets in
+# text-to-image, editing, with and without the prompt cache, and the first changes of batch and prompt length.
+RECOMPILES_PER_BLOCK = 16
+
+
 class TunaPreTrainedModel(PreTrainedModel):
     config: TunaConfig
     base_model_prefix = "model"
@@ -555,13 +560,16 @@ class TunaPreTrainedModel(PreTrainedModel):
         Regional compilation, diffusers' `ModelMixin.compile_repeated_blocks`: `block.compile(*args, **kwargs)` for
         every decoder layer and flow-head block (`_repeated_blocks`), e.g. `fullgraph=True`.
 
-        Every block reads its own layer of the KV cache, which dynamo guards on, so the first forward compiles each
-        block for each cache state it meets (empty while a prompt is prefilled, filled during the steps); the
-        recompile limit is raised to that count. The steps after the first reuse the compiled code.
+        Every block reads its own layer of the KV cache, which dynamo guards on, so each block is compiled once per
+        kind of forward it meets (a prompt's prefill, a step on the cache, a whole-row step without it, a new
+        batch or prompt length until dynamo makes that size dynamic): the steps after a call's first reuse its code,
+        and this raises dynamo's process-wide recompile limits to `RECOMPILES_PER_BLOCK` entries per block.
         """
         blocks = sum(type(module).__name__ in self._repeated_blocks for module in self.modules())
         dynamo_config = torch._dynamo.config
-        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 4 * blocks)
+        limit = RECOMPILES_PER_BLOCK * blocks
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, limit)
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, limit)
         ModelMixin.compile_repeated_blocks(self, *args, **kwargs)
 
     @torch.no_grad()

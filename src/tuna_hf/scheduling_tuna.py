@@ -221,6 +221,24 @@ def check_scheduler(scheduler: SchedulerMixin, prediction_type: str) -> None:
             f'`use_flow_sigmas=True` and `prediction_type="flow_prediction"`; got {type(scheduler).__name__} with '
             f"use_flow_sigmas={config.get('use_flow_sigmas')!r}, prediction_type={config.get('prediction_type')!r}."
         )
+    noise = _noise_in_steps(scheduler)
+    if noise:
+        raise ValueError(
+            f"`scheduler` draws noise in its steps ({noise}): the pipelines integrate the flow ODE, whose noise is "
+            "the model's (`noise_scale`) and the call's generator's; use a deterministic setting."
+        )
+
+
+def _noise_in_steps(scheduler: SchedulerMixin) -> str | None:
+    """The setting that makes a diffusers flow scheduler re-noise the sample in its steps, if any."""
+    config = scheduler.config
+    if config.get("stochastic_sampling"):
+        return "stochastic_sampling=True"
+    if str(config.get("algorithm_type", "")).startswith("sde"):
+        return f"algorithm_type={config.algorithm_type!r}"
+    if "LCM" in type(scheduler).__name__:
+        return type(scheduler).__name__
+    return None
 
 
 def call_sigma(scheduler: SchedulerMixin, index: int, timestep: torch.Tensor) -> torch.Tensor:

@@ -416,12 +416,21 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
 
     @staticmethod
     def prepare_timesteps(
-        scheduler: SchedulerMixin, num_inference_steps: int, span_length: int, device, dtype: torch.dtype
+        scheduler: SchedulerMixin, num_inference_steps: int, image_seq_len: int, device, dtype: torch.dtype
     ) -> torch.Tensor:
         """
-        Sets `scheduler`'s timesteps for this call and returns them. `TunaFlowMatchScheduler` builds the official
-        grid in the model's dtype; a diffusers scheduler with dynamic shifting gets QwenImage's `mu` for the span's
-        image tokens.
+        Sets `scheduler`'s timesteps for this call and returns them.
+
+        Args:
+            scheduler (`SchedulerMixin`): this call's scheduler.
+            num_inference_steps (`int`): the call's step count.
+            image_seq_len (`int`): image tokens of one frame, for a diffusers scheduler with dynamic shifting
+                (QwenImage's `mu`; per frame, so that a video's length does not push the shift out of its range).
+            device (`torch.device`): where the timesteps go.
+            dtype (`torch.dtype`): the model's dtype, the one `TunaFlowMatchScheduler` builds the official grid in.
+
+        A diffusers scheduler starts at its first timestep (`set_begin_index(0)`: the multistep solvers round
+        timesteps to integers, so the first two can coincide) and must give flow sigmas in [0, 1].
         """
         if isinstance(scheduler, TunaFlowMatchScheduler):
             scheduler.set_timesteps(num_inference_steps, device=device, grid_dtype=dtype)
@@ -429,13 +438,21 @@ class TunaBasePipeline(DiffusionPipeline, TunaLoraLoaderMixin):
         extra = {}
         if scheduler.config.get("use_dynamic_shifting"):
             extra["mu"] = calculate_shift(
-                span_length - 1,
+                image_seq_len,
                 scheduler.config.get("base_image_seq_len", 256),
                 scheduler.config.get("max_image_seq_len", 4096),
                 scheduler.config.get("base_shift", 0.5),
                 scheduler.config.get("max_shift", 1.15),
             )
         scheduler.set_timesteps(num_inference_steps, device=device, **extra)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        low, high = float(scheduler.sigmas.min()), float(scheduler.sigmas.max())
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"{type(scheduler).__name__}'s sigmas span [{low:.3g}, {high:.3g}], not flow sigmas in [0, 1]: its "
+                "Karras, exponential or beta sigma options do not apply to flow matching."
+            )
         return scheduler.timesteps
 
     def decode(self, latents: torch.Tensor, output_type: str, video: bool = False):

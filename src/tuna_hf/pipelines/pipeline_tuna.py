@@ -348,7 +348,8 @@ class TunaPipeline(TunaBasePipeline):
 
             # 4. Prepare timesteps, on a scheduler of this call's own (the loop's state stays out of the shared one)
             scheduler = self.scheduler.from_config(self.scheduler.config)
-            timesteps = self.prepare_timesteps(scheduler, num_inference_steps, prompt_rows.span_length, device, dtype)
+            image_seq_len = self.processor.num_image_tokens(height, width) - 1
+            timesteps = self.prepare_timesteps(scheduler, num_inference_steps, image_seq_len, device, dtype)
             _call_state(self)["num_timesteps"] = len(timesteps)
 
             # 5. Denoising loop. The sample stays in float32 (the official Tuna sampler does so too); CFG rows are

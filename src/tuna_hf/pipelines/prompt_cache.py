@@ -98,6 +98,8 @@ class TunaPromptCache:
         for layer in (*self.decoder_cache.layers, *self.flow_head_cache.layers):
             for name in ("keys", "values"):
                 tensor = getattr(layer, name)
+                if tensor is None:
+                    raise ValueError("`decoder_cache` and `flow_head_cache` must hold the prompts in every layer.")
                 *batch, length, width = tensor.shape
                 room = tensor.new_empty(*batch, length + span_length, width)
                 room[..., :length, :] = tensor
