@@ -16,10 +16,8 @@ from pathlib import Path
 import torch
 
 from tuna_hf import TunaEditPipeline, TunaForUnifiedMultimodal, TunaPipeline
-from tuna_hf.demo.shapes import all_scenes
 from tuna_hf.demo.shapes_bench import (
-    bench_edits,
-    bench_subset,
+    bench_items,
     score_editing,
     score_text_to_image,
     score_understanding,
@@ -48,9 +46,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--subset", type=int, default=0, help="items per task (0: all 162)")
     args = parser.parse_args()
-    scenes, edits = all_scenes(), bench_edits()
-    if args.subset:
-        scenes, edits = bench_subset(scenes, args.subset), bench_subset(edits, args.subset)
+    scenes, edits = bench_items(args.subset)
     base = TunaPipeline.from_pretrained(args.model, dtype=torch.bfloat16)
     reference = bench(base, scenes, edits, args.steps)
     print(f"{len(scenes)} scenes, {len(edits)} edits, {args.steps} steps\n")

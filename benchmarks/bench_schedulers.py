@@ -22,10 +22,8 @@ from diffusers import (
 )
 
 from tuna_hf import TunaEditPipeline, TunaFlowMatchScheduler, TunaPipeline
-from tuna_hf.demo.shapes import all_scenes
 from tuna_hf.demo.shapes_bench import (
-    bench_edits,
-    bench_subset,
+    bench_items,
     score_editing,
     score_text_to_image,
     score_understanding,
@@ -60,9 +58,7 @@ def main():
     parser.add_argument("--output", type=Path, default=Path("outputs") / "bench_schedulers.json")
     args = parser.parse_args()
     base = TunaPipeline.from_pretrained(args.model, dtype=torch.float32)
-    scenes, edits = all_scenes(), bench_edits()
-    if args.subset:
-        scenes, edits = bench_subset(scenes, args.subset), bench_subset(edits, args.subset)
+    scenes, edits = bench_items(args.subset)
     vqa = score_understanding(base.transformer, base.processor, scenes)
     print(f"VQA (no sampling): {vqa:.3f} over {len(scenes)} scenes\n")
     print("| scheduler | steps | model calls per image | text-to-image | editing | seconds |")

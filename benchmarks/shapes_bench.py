@@ -18,10 +18,8 @@ from pathlib import Path
 import torch
 
 from tuna_hf import TunaEditPipeline, TunaFlowMatchScheduler, TunaPipeline
-from tuna_hf.demo.shapes import all_scenes
 from tuna_hf.demo.shapes_bench import (
-    bench_edits,
-    bench_subset,
+    bench_items,
     score_editing,
     score_text_to_image,
     score_understanding,
@@ -56,9 +54,7 @@ def main():
     pipe.set_progress_bar_config(disable=True)
     edit = TunaEditPipeline.from_pipe(pipe)
     edit.set_progress_bar_config(disable=True)
-    scenes, edits = all_scenes(), bench_edits()
-    if args.subset:
-        scenes, edits = bench_subset(scenes, args.subset), bench_subset(edits, args.subset)
+    scenes, edits = bench_items(args.subset)
     start = time.perf_counter()
     t2i, _ = score_text_to_image(pipe, scenes, args.steps, seed=args.seed)
     vqa = score_understanding(pipe.transformer, pipe.processor, scenes)

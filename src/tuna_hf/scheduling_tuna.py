@@ -27,6 +27,12 @@ from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchE
 
 SOLVERS = ("euler", "heun")
 
+
+def is_integer(value) -> bool:
+    """An integer (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 # The sampler half of the official predict defaults (`scripts/launch/predict.sh`, `configs/predict/*.yaml`); the
 # guidance half is `tuna_hf.pipelines.OFFICIAL_GUIDANCE_DEFAULTS`.
 OFFICIAL_SAMPLING_DEFAULTS = {
@@ -129,8 +135,7 @@ class TunaFlowMatchScheduler(SchedulerMixin, ConfigMixin):
         grid points twice).
         """
         velocity = self.config.prediction_type == "velocity"
-        integer = isinstance(num_inference_steps, numbers.Integral) and not isinstance(num_inference_steps, bool)
-        if not integer or num_inference_steps < (2 if velocity else 1):
+        if not is_integer(num_inference_steps) or num_inference_steps < (2 if velocity else 1):
             raise ValueError(
                 f"`num_inference_steps` must be an integer ≥ {2 if velocity else 1} for this sampler, "
                 f"got {num_inference_steps}."

@@ -59,6 +59,14 @@ class Reading:
         return all(getattr(self, attribute) == scene.answer(attribute) for attribute in attributes)
 
 
+def bench_items(subset: int = 0) -> tuple[list[Scene], list[Edit]]:
+    """The scenes and edits ShapesBench scores: all 162 of each, or `subset` of each (`bench_subset`)."""
+    scenes, edits = all_scenes(), bench_edits()
+    if subset:
+        scenes, edits = bench_subset(scenes, subset), bench_subset(edits, subset)
+    return scenes, edits
+
+
 def read_scene(image) -> Reading:
     """Colour, shape and position of the one shape in `image` (PIL or uint8 array), or None where unreadable."""
     pixels = np.asarray(image.convert("RGB") if isinstance(image, PIL.Image.Image) else image, dtype=np.float32)

@@ -1,6 +1,5 @@
 """Text-to-image (all variants) and text-to-video (Tuna) with TUNA."""
 
-import numbers
 import threading
 import weakref
 from collections.abc import Callable
@@ -8,17 +7,12 @@ from collections.abc import Callable
 import torch
 from diffusers.utils import logging
 
-from ..scheduling_tuna import LEGACY_GUIDANCE_KEYS, call_sigma, scheduler_model_output
+from ..scheduling_tuna import LEGACY_GUIDANCE_KEYS, call_sigma, is_integer, scheduler_model_output
 from .base import OUTPUT_TYPES, TunaBasePipeline
 from .pipeline_output import TunaPipelineOutput, TunaVideoPipelineOutput
 from .prompt_cache import TunaPromptCache, TunaPromptRows
 
 logger = logging.get_logger(__name__)
-
-
-def is_integer(value) -> bool:
-    """An integer (numpy's too), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 # What the call running on this thread shows through a pipeline's diffusers properties (`guidance_scale`,
