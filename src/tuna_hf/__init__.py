@@ -3,14 +3,9 @@
 Importing the package registers the model with the transformers Auto classes (no `trust_remote_code` needed).
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
+from ._compat import AutoImageProcessor
 from .configuration_tuna import TunaConfig, TunaFlowHeadConfig
 from .image_processing_tuna import TunaImageProcessor
 from .modeling_tuna import TunaForUnifiedMultimodal, TunaModel, TunaPreTrainedModel

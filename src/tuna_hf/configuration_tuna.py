@@ -4,7 +4,8 @@ import math
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+
+from ._compat import SubConfigSpec, build_sub_config
 
 VISUAL_ENCODERS = ("vae_siglip", "siglip", "patch")
 PREDICTION_TYPES = ("velocity", "x0")
@@ -159,11 +160,14 @@ class TunaConfig(PreTrainedConfig):
     """
 
     model_type = "tuna"
-    sub_configs_defaults = {
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model", optional=True),
-        "flow_head_config": TunaFlowHeadConfig,
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+            "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model", optional=True),
+            "flow_head_config": TunaFlowHeadConfig,
+        }
+    else:
+        sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig, "flow_head_config": TunaFlowHeadConfig}
 
     text_config: dict | PreTrainedConfig | None = None
     vision_config: dict | PreTrainedConfig | None = None
@@ -201,8 +205,12 @@ class TunaConfig(PreTrainedConfig):
             self.ntp_coeff = DEFAULT_NTP_COEFF[self.visual_encoder]
         if self.noise_scale is None:
             self.noise_scale = DEFAULT_NOISE_SCALE[self.visual_encoder]
-        text = self.text_config if isinstance(self.text_config, PreTrainedConfig) else None
-        if text is not None and (self.flow_head_config is None or isinstance(self.flow_head_config, dict)):
+        # Built here rather than by the base class, so that the flow head's defaults can follow the decoder (and on
+        # transformers < 5.20, whose base class builds none).
+        self.text_config = build_sub_config(self.text_config, AutoConfig, "qwen2")
+        self.vision_config = build_sub_config(self.vision_config, AutoConfig, "siglip_vision_model", optional=True)
+        text = self.text_config
+        if self.flow_head_config is None or isinstance(self.flow_head_config, dict):
             # What a (partial) flow head config leaves out follows the decoder it reads.
             heads = text.hidden_size // 64
             self.flow_head_config = {
@@ -213,6 +221,7 @@ class TunaConfig(PreTrainedConfig):
                 "max_position_embeddings": text.max_position_embeddings,
                 **(self.flow_head_config or {}),
             }
+        self.flow_head_config = build_sub_config(self.flow_head_config, TunaFlowHeadConfig)
         super().__post_init__(**kwargs)
         self.tie_word_embeddings = self.text_config.tie_word_embeddings
 

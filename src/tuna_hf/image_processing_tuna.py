@@ -5,7 +5,6 @@ import PIL.Image
 import torch
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_transforms import convert_to_rgb
 from transformers.image_transforms import resize as np_resize
 from transformers.image_utils import (
     ChannelDimension,
@@ -16,6 +15,8 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.video_utils import VideoInput, make_batched_videos
+
+from ._compat import pil_to_rgb_array
 
 # The resize-to-cover before the centre crop (the official transform) grows with the mismatch of aspect ratios: a
 # 1×100000 strip covering 512×512 would be 512×51200000 pixels. Refused beyond this many times the target's pixels
@@ -39,7 +40,7 @@ def to_rgb_uint8(image: ImageInput, input_data_format: ChannelDimension | str | 
         check_image_size(image.height, image.width)
         image = image.convert(PREMULTIPLIED_MODES[image.mode]) if image.mode in PREMULTIPLIED_MODES else image
         if not (image.mode.startswith("I;16") or image.mode in PIL_ARRAY_MODES):
-            return _channels_first(convert_to_rgb(image, return_numpy=True))
+            return _channels_first(pil_to_rgb_array(image))
         image, input_data_format = np.array(image), ChannelDimension.LAST
     elif isinstance(image, torch.Tensor):
         image = image.detach().cpu()
@@ -62,7 +63,7 @@ def to_rgb_uint8(image: ImageInput, input_data_format: ChannelDimension | str | 
     if pixels.shape[-1] not in (1, 3, 4):
         raise ValueError(f"`images`: expected 1, 3 or 4 channels, got {pixels.shape[-1]}.")
     image = PIL.Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels)  # L, RGB or RGBA
-    return _channels_first(convert_to_rgb(image, return_numpy=True))
+    return _channels_first(pil_to_rgb_array(image))
 
 
 def check_image_size(height: int, width: int) -> None:
@@ -152,7 +153,9 @@ class TunaImageProcessor(PilBackend):
         """Preprocess `images` (one or a batch) or `videos` (a list of frames, or a batch of such lists)."""
         if (images is None) == (videos is None):
             raise ValueError("Pass exactly one of `images` or `videos`.")
-        return super().preprocess(images, image_like_kwargs={"videos": videos}, **kwargs)
+        # `videos` positionally: transformers < 5.18 has no `image_like_kwargs`; every version hands `*args` on to
+        # `_preprocess_image_like_inputs(images, videos, ...)`.
+        return super().preprocess(images, videos, **kwargs)
 
     def _standardize_kwargs(self, height=None, width=None, size_divisor=None, **kwargs) -> dict:
         """Fold per-call `height`/`width` into `size`; both must be multiples of `size_divisor`."""

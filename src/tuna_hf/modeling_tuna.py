@@ -30,7 +30,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, slice_logits_to_keep
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm, eager_attention_forward
 from transformers.models.siglip.modeling_siglip import SiglipEncoder, SiglipVisionEmbeddings
@@ -38,6 +38,7 @@ from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 from transformers.utils.import_utils import torch_compilable_check
 
+from ._compat import ActivationCheckpointingNames, slice_logits_to_keep
 from .configuration_tuna import TunaConfig, TunaFlowHeadConfig
 from .losses import flow_loss
 from .processing_tuna import add_tuna_tokens, tuna_token_ids
@@ -535,7 +536,7 @@ class TunaFlowHead(nn.Module):
 RECOMPILES_PER_BLOCK = 16
 
 
-class TunaPreTrainedModel(PreTrainedModel):
+class TunaPreTrainedModel(ActivationCheckpointingNames, PreTrainedModel):
     config: TunaConfig
     base_model_prefix = "model"
     input_modalities = ("image", "video", "text")

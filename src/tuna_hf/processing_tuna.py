@@ -9,6 +9,7 @@ from transformers.processing_utils import BatchFeature, ProcessingKwargs, Proces
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase, TextInput
 from transformers.video_utils import VideoInput
 
+from ._compat import kept_kwargs_defaults
 from .image_processing_tuna import TunaImageProcessor, TunaImageProcessorKwargs
 
 DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -235,6 +236,12 @@ class TunaProcessor(ProcessorMixin):
             lengths = [int(sum(row)) if "attention_mask" in inputs else len(row) for row in rows]
             self._check_max_length(lengths, text_kwargs["max_length"])
         return BatchFeature({**inputs, **media}, tensor_type=return_tensors)
+
+    def _merge_kwargs(self, ModelProcessorKwargs=None, tokenizer_init_kwargs=None, **kwargs) -> dict:
+        """`ProcessorMixin._merge_kwargs`, leaving the kwargs class's defaults unchanged (`kept_kwargs_defaults`)."""
+        ModelProcessorKwargs = ModelProcessorKwargs or self.valid_processor_kwargs
+        with kept_kwargs_defaults(ModelProcessorKwargs):
+            return super()._merge_kwargs(ModelProcessorKwargs, tokenizer_init_kwargs=tokenizer_init_kwargs, **kwargs)
 
     def _process_media(self, images, videos, output_kwargs: dict) -> dict:
         """The image processor's `pixel_values` of `images`, or of `videos` (video arguments over image ones)."""
