@@ -551,6 +551,16 @@ def test_stale_staging_folders_are_removed(tmp_path, capsys):
     assert f"Removed {dead}, left by an interrupted conversion" in log and f"Found {unknown}" in log
 
 
+@pytest.mark.parametrize("flag", ["--tokenizer", "--checkpoint", "--official-config"])
+def test_a_missing_input_path_is_reported_as_not_found(tmp_path, capsys, flag):
+    arguments = conversion_arguments("tuna_2", tmp_path, tmp_path / "repo")
+    arguments[arguments.index(flag) + 1] = "Qwen2.5-7B-Instruct/"
+    with pytest.raises(SystemExit):
+        convert(arguments)
+    assert f"argument {flag}: Qwen2.5-7B-Instruct/ not found" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
+
+
 # -- 7. Config validation ---------------------------------------------------------------------------------------
 
 

@@ -527,18 +527,41 @@ def _write_model_card(folder, output, repo_id, spec, pipeline) -> None:
     )
 
 
+def existing_path(value: str) -> str:
+    """A command-line input file or folder, which must exist (else argparse names the flag and the path)."""
+    if not Path(value).expanduser().exists():
+        raise argparse.ArgumentTypeError(f"{value} not found")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Convert an official TUNA checkpoint into a pipeline repository.")
-    parser.add_argument("--checkpoint", required=True, help="official inner-model state dict (.pt)")
+    parser.add_argument(
+        "--checkpoint", required=True, type=existing_path, help="official inner-model state dict (.pt)"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--official-config", help="official model YAML (configs/model/*.yaml) or a JSON of its keys")
+    source.add_argument(
+        "--official-config",
+        type=existing_path,
+        help="official model YAML (configs/model/*.yaml) or a JSON of its keys",
+    )
     source.add_argument("--preset", choices=sorted(OFFICIAL_PRESETS), help="a released official configuration")
-    parser.add_argument("--llm-config", help="base Qwen2.5 config (directory or JSON); the preset's by default")
-    parser.add_argument("--siglip-config", help="SigLIP vision config (directory or JSON) for Tuna and Tuna-R")
-    parser.add_argument("--vae", help="Tuna: Wan2.2_VAE.pth (upstream layout) or a diffusers AutoencoderKLWan dir")
-    parser.add_argument("--vae-config", help="Tuna: JSON of the official Wan VAE constructor arguments")
-    parser.add_argument("--tokenizer", required=True, help="the Qwen2.5 tokenizer directory")
-    parser.add_argument("--base-llm", help="Qwen2.5 checkpoint directory to fill a foundation checkpoint's layers")
+    parser.add_argument(
+        "--llm-config", type=existing_path, help="base Qwen2.5 config (directory or JSON); the preset's by default"
+    )
+    parser.add_argument(
+        "--siglip-config", type=existing_path, help="SigLIP vision config (directory or JSON) for Tuna and Tuna-R"
+    )
+    parser.add_argument(
+        "--vae", type=existing_path, help="Tuna: Wan2.2_VAE.pth (upstream layout) or a diffusers AutoencoderKLWan dir"
+    )
+    parser.add_argument(
+        "--vae-config", type=existing_path, help="Tuna: JSON of the official Wan VAE constructor arguments"
+    )
+    parser.add_argument("--tokenizer", required=True, type=existing_path, help="the Qwen2.5 tokenizer directory")
+    parser.add_argument(
+        "--base-llm", type=existing_path, help="Qwen2.5 checkpoint directory to fill a foundation checkpoint's layers"
+    )
     parser.add_argument("--output", required=True, help="new folder for the pipeline repository")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     parser.add_argument("--max-shard-size", default="5GB")
