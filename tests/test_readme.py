@@ -16,9 +16,6 @@ from pathlib import Path
 import pytest
 from test_conversion import conversion_arguments
 
-from tuna_hf import TunaFlowMatchScheduler, TunaPipeline
-from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
-
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"^```(python|bash)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 BLOCKS = BLOCK.findall((REPO / "README.md").read_text())
@@ -40,15 +37,10 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stand_ins(workdir) -> dict[str, str]:
-    """README text → what the test runs instead: a tiny random Tuna for the video block, the official tiny
-    checkpoint for the conversion block."""
-    tuna = workdir / "tiny-tuna"
-    processor = tiny_tuna_processor(height=256, width=256)
-    model = tiny_tuna_model("vae_siglip", processor.tokenizer)
-    TunaPipeline(model, processor, TunaFlowMatchScheduler.from_official_defaults("tuna")).save_pretrained(tuna)
+    """README text → what the test runs instead: the official tiny checkpoint for the conversion block."""
     arguments = conversion_arguments("tuna_2", workdir, workdir / "unused")
     official = " ".join(arguments[: arguments.index("--output")])
-    return {'"tuna-2b-hf"': f'"{tuna}"', CONVERSION_SOURCE: official}
+    return {CONVERSION_SOURCE: official}
 
 
 def run_block(language: str, code: str, cwd: Path) -> None:
@@ -61,7 +53,7 @@ def run_block(language: str, code: str, cwd: Path) -> None:
 
 
 def test_the_readme_has_the_blocks_this_test_knows():
-    assert len(BLOCKS) == 12, [code.splitlines()[0] for _, code in BLOCKS]
+    assert len(BLOCKS) == 13, [code.splitlines()[0] for _, code in BLOCKS]
     assert sum("scripts/install.sh" in code for _, code in BLOCKS) == 2
 
 
