@@ -573,6 +573,28 @@ class TunaPreTrainedModel(ActivationCheckpointingNames, PreTrainedModel):
         dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, limit)
         ModelMixin.compile_repeated_blocks(self, *args, **kwargs)
 
+    def set_attention_backend(self, backend: str) -> None:
+        """
+        Diffusers' `ModelMixin.set_attention_backend` for TUNA, whose attention layers are transformers' (the decoder,
+        the flow head and SigLIP read `config._attn_implementation`): `backend`, a diffusers attention backend name,
+        selects the transformers implementation that computes it, for every attention layer of the model. The omni
+        mask (causal, bidirectional inside image spans) needs a backend that takes an arbitrary mask: `"native"`
+        (PyTorch SDPA, transformers' `"sdpa"`, the default), `"flex"` (`"flex_attention"`) and `"_native_math"` (the
+        unfused softmax, transformers' `"eager"`). The other diffusers backends (flash, sage, xformers, ...) take no
+        such mask and raise.
+
+        Args:
+            backend (`str`): a diffusers `AttentionBackendName` value, case-insensitive.
+        """
+        implementations = {"native": "sdpa", "flex": "flex_attention", "_native_math": "eager"}
+        name = backend.lower() if isinstance(backend, str) else backend
+        if name not in implementations:
+            raise ValueError(
+                f"`backend` must be one of {sorted(implementations)}, the diffusers attention backends that take "
+                f"TUNA's omni mask, got {backend!r}."
+            )
+        self.set_attn_implementation(implementations[name])
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         """The official fresh init: zero AdaLN and output projections, N(0, 0.02) timestep MLP, xavier patch conv."""
