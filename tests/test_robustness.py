@@ -685,7 +685,7 @@ def test_gradio_reports_unexpected_generation_failures_and_bad_uploads(tmp_path,
     PIL.Image.new("RGB", (1, 100000)).save(strip)
     scene = tmp_path / "scene.png"
     random_image(height=64, width=64).save(scene)
-    with serve(str(CHECKPOINT)) as client:
+    with serve(str(CHECKPOINT)) as (_, _, client):
         with pytest.raises(AppError, match="aspect ratio"):
             client.submit(handle_file(str(strip)), "What is it?", api_name="/answer").result(timeout=120)
 
@@ -710,7 +710,7 @@ def test_gradio_generate_and_edit_at_the_same_moment(tmp_path):
         paths = [item["image"] for item in result] if isinstance(result, list) else [result]
         return [np.asarray(PIL.Image.open(path)) for path in paths]
 
-    with serve(str(CHECKPOINT)) as client:
+    with serve(str(CHECKPOINT)) as (_, _, client):
         alone = [
             images(client.predict(*generate, api_name="/generate")),
             images(client.predict(*edit, api_name="/edit")),
