@@ -2,8 +2,9 @@
 
 A 64×64 white canvas holds one filled, axis-aligned shape without anti-aliasing: a circle (radius 8), a square
 (side 16) or an upward isosceles triangle (base 16, height 16), in one of six colours, centred on one of the 3×3 cell
-centres `round(64·(2k+1)/6)` = 11, 32, 53. Prompts are `a {color} {shape} at the {position}`; questions ask for the
-colour, the shape or the position; edits change exactly one attribute.
+centres `round(64·(2k+1)/6)` = 11, 32, 53. Prompts are `a {color} {shape} at the {position}` ("an orange …"); the
+embedded checkpoint was trained on "a orange …" (`Scene.trained_caption`, which its training data keeps) and reads
+both alike. Questions ask for the colour, the shape or the position; edits change exactly one attribute.
 """
 
 import itertools
@@ -36,6 +37,13 @@ class Scene:
 
     @property
     def caption(self) -> str:
+        article = "an" if self.color[0] in "aeiou" else "a"
+        return f"{article} {self.color} {self.shape} at the {self.position}"
+
+    @property
+    def trained_caption(self) -> str:
+        """The caption the embedded checkpoint was trained on ("a" before every colour): the training data keeps it,
+        so that `examples/shapes/build_checkpoint.sh` still rebuilds the committed checkpoint byte for byte."""
         return f"a {self.color} {self.shape} at the {self.position}"
 
     def answer(self, attribute: str) -> str:
@@ -99,14 +107,15 @@ def world_texts() -> list[str]:
     scenes = all_scenes()
     answers = [scene.answer(attribute) for scene in scenes for attribute in QUESTIONS]
     questions = [question for _ in scenes for question in QUESTIONS.values()]
-    return [scene.caption for scene in scenes] + questions + answers + [edit.instruction for edit in all_edits()]
+    captions = [scene.trained_caption for scene in scenes]
+    return captions + questions + answers + [edit.instruction for edit in all_edits()]
 
 
 def training_records(image_paths: dict[Scene, str], repeats: dict[str, int]) -> list[dict]:
     """Records in the official jsonl formats for every scene, question and edit; `repeats[task]` copies each."""
     records = []
     for scene, path in image_paths.items():
-        records += [{"image": path, "caption": scene.caption}] * repeats["text_to_image"]
+        records += [{"image": path, "caption": scene.trained_caption}] * repeats["text_to_image"]
         for attribute, question in QUESTIONS.items():
             conversation = [{"from": "human", "value": question}, {"from": "gpt", "value": scene.answer(attribute)}]
             records += [{"image": path, "conversations": conversation}] * repeats["understanding"]
