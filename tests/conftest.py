@@ -16,7 +16,12 @@ def require_parity() -> Path:
     """The official parity references; CI (TUNA_REQUIRE_PARITY=1) fails instead of skipping when they are absent."""
     if (PARITY_DIR / "README.md").exists():
         return PARITY_DIR
-    reason = f"official parity references not found at {PARITY_DIR} (set TUNA_PARITY_DIR)"
+    reason = (
+        f"official parity references not found at {PARITY_DIR} (set TUNA_PARITY_DIR); to record them yourself: "
+        "`bash parity/make_official_env.sh /tmp/official` then `/tmp/official/venv/bin/python "
+        "parity/record_references.py --official /tmp/official/tuna-2 --variant all --output DIR` "
+        "(README, 'Checking parity yourself')"
+    )
     if os.environ.get("TUNA_REQUIRE_PARITY") == "1":
         pytest.fail(reason)
     pytest.skip(reason)
