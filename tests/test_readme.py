@@ -21,9 +21,18 @@ BLOCK = re.compile(r"^```(python|bash)\n(.*?)^```", re.DOTALL | re.MULTILINE)
 BLOCKS = BLOCK.findall((REPO / "README.md").read_text())
 LINKED = ("checkpoints", "examples", "conversion")
 TEST_COMMAND = "bash scripts/install.sh && python -m pytest"
-# The test command is CI itself; the screenshot needs Debian's chromium (tests/test_gradio_app.py, `pytest -m slow`).
-RUN_ELSEWHERE = (TEST_COMMAND, "python examples/demo_screenshot.py --output docs/demo.png")
-RUNNABLE = [index for index, (_, code) in enumerate(BLOCKS) if code.strip() not in RUN_ELSEWHERE]
+PARITY_BLOCK = next(code for _, code in BLOCKS if "parity/make_official_env.sh" in code)
+# The test command is CI itself; the screenshot needs Debian's chromium (tests/test_gradio_app.py, `pytest -m slow`);
+# the parity block makes the official environment (slow, below).
+RUN_ELSEWHERE = (TEST_COMMAND, PARITY_BLOCK.strip(), "python examples/demo_screenshot.py --output-dir docs")
+# vLLM-Omni's blocks need its environment: `bash tests/vllm_omni/run.sh` makes it and runs the engine tests, which
+# run the offline block too; `vllm serve` needs a GPU (README "Serving with vLLM-Omni").
+VLLM_OMNI_BLOCKS = [index for index, (_, code) in enumerate(BLOCKS) if "vllm" in code]
+RUNNABLE = [
+    index
+    for index, (_, code) in enumerate(BLOCKS)
+    if code.strip() not in RUN_ELSEWHERE and index not in VLLM_OMNI_BLOCKS
+]
 CONVERSION_SOURCE = "--checkpoint tuna_2_pixel_7b.pt --preset tuna-2-7b \\\n    --tokenizer Qwen2.5-7B-Instruct/"
 
 
@@ -53,8 +62,9 @@ def run_block(language: str, code: str, cwd: Path) -> None:
 
 
 def test_the_readme_has_the_blocks_this_test_knows():
-    assert len(BLOCKS) == 13, [code.splitlines()[0] for _, code in BLOCKS]
+    assert len(BLOCKS) == 17, [code.splitlines()[0] for _, code in BLOCKS]
     assert sum("scripts/install.sh" in code for _, code in BLOCKS) == 2
+    assert len(VLLM_OMNI_BLOCKS) == 3
 
 
 def test_ci_runs_the_readme_test_command():
@@ -96,3 +106,17 @@ def run_server_block(code: str, cwd: Path) -> None:
         server.terminate()
         server.wait(timeout=30)
     assert "Running on local URL" in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_the_parity_block_records_references_the_suites_pass_on(tmp_path):
+    """The block as written, in a scratch folder; `TUNA_OFFICIAL_SOURCE` (a local clone) replaces GitHub if set."""
+    code = PARITY_BLOCK.replace("/tmp/official", str(tmp_path / "official"))
+    code = code.replace("/tmp/tuna-parity", str(tmp_path / "references"))
+    if source := os.environ.get("TUNA_OFFICIAL_SOURCE"):
+        code = code.replace(
+            f"make_official_env.sh {tmp_path / 'official'}", f"make_official_env.sh {tmp_path / 'official'} {source}"
+        )
+    environment = {key: value for key, value in os.environ.items() if key != "TUNA_REQUIRE_PARITY"}
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=REPO, env=environment, check=False)
+    assert result.returncode == 0

@@ -9,6 +9,10 @@ pipelines draw.
 """
 
 import asyncio
+import os
+import re
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,8 @@ from tuna_hf.testing import tiny_tuna_model, tiny_tuna_processor
 
 pytestmark = pytest.mark.slow
 
-CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes-tuna-2"
+REPO = Path(__file__).resolve().parents[2]
+CHECKPOINT = REPO / "checkpoints" / "shapes-tuna-2"
 SOURCE = Scene("green", "square", "center")
 
 
@@ -212,3 +217,18 @@ def test_the_other_variants_are_served_as_their_pipeline_draws(tmp_path, byte_to
             expected = pipe(name, **kwargs).images[0]
         difference = pixel_difference(outputs[name].images[0], expected)
         assert difference.max() <= 8 and difference.mean() < 0.5, name
+
+
+def test_the_readme_offline_block_runs_as_written(tmp_path):
+    """The README's offline `Omni` block, from a folder that links the repository's checkpoints."""
+    blocks = re.findall(r"^```python\n(.*?)^```", (REPO / "README.md").read_text(), re.DOTALL | re.MULTILINE)
+    (block,) = [code for code in blocks if "vllm_omni" in code]
+    (tmp_path / "checkpoints").symlink_to(REPO / "checkpoints")
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", block], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for scene in (Scene("red", "circle", "top left"), Scene("green", "square", "center")):
+        drawn = PIL.Image.open(tmp_path / "outputs" / f"{scene.caption.replace(' ', '_')}.png")
+        assert read_scene(drawn).matches(scene)
