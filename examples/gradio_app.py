@@ -32,9 +32,18 @@ MAX_NEW_TOKENS = 128
 # Pictures smaller than this (longest side, pixels) are shown upscaled by the largest integer factor that fits.
 DISPLAY_SIDE = 256
 CANVAS_HEIGHT = 380  # px, of the image components: a 256-pixel picture, its border and the component's label
+
+
+def positive_int(value: str, name: str = "the value") -> int:
+    """A count of at least 1 from the command line or the environment, else an error naming `name`."""
+    if not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{name} must be a whole number ≥ 1, got {value!r}")
+    return int(value)
+
+
 # Model calls running at once, over all tabs (one shared gradio concurrency group), and requests that may wait.
-CONCURRENCY = int(os.environ.get("TUNA_CONCURRENCY", 2))
-QUEUE_SIZE = int(os.environ.get("TUNA_QUEUE_SIZE", 16))
+CONCURRENCY = positive_int(os.environ.get("TUNA_CONCURRENCY", "2"), "TUNA_CONCURRENCY")
+QUEUE_SIZE = positive_int(os.environ.get("TUNA_QUEUE_SIZE", "16"), "TUNA_QUEUE_SIZE")
 MODEL_CALLS = "model"
 
 # Examples from the shapes world the embedded checkpoint was trained on (prompts are its captions, `Scene.caption`).
@@ -270,8 +279,7 @@ class TunaDemo:
         """The chosen generated picture (model resolution), into the editing tab, which opens."""
         if not images:
             raise RejectedInput("Generate an image first, then choose it in the gallery.")
-        index = int(index or 0)
-        return images[min(index, len(images) - 1)], gr.Tabs(selected="edit")
+        return images[index], gr.Tabs(selected="edit")
 
     @staticmethod
     def edit_again(image):
@@ -442,8 +450,8 @@ def main():
     parser.add_argument("--model", default=DEFAULT_MODEL, help="pipeline repository folder or Hub repo id")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="model calls running at once")
-    parser.add_argument("--queue-size", type=int, default=QUEUE_SIZE, help="requests that may wait")
+    parser.add_argument("--concurrency", type=positive_int, default=CONCURRENCY, help="model calls running at once")
+    parser.add_argument("--queue-size", type=positive_int, default=QUEUE_SIZE, help="requests that may wait")
     args = parser.parse_args()
     TunaDemo(args.model).launch(args.concurrency, args.queue_size, server_name=args.host, server_port=args.port)
 

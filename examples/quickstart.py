@@ -88,7 +88,7 @@ def main():
 
     pipe = TunaPipeline.from_pretrained(args.model, dtype=torch.float32)
     generator = torch.Generator().manual_seed(args.seed)
-    prompts = [scene.caption for scene in GRID]  # the world's wording: "a {color} {shape} at the {position}"
+    prompts = [scene.caption for scene in GRID]  # the world's wording: "a/an {color} {shape} at the {position}"
     images = pipe(prompts, num_inference_steps=args.steps, generator=generator).images
     labelled_grid(images, prompts, columns=3).save(args.output_dir / "text_to_image.png")
     right = sum(read_scene(image).matches(scene) for image, scene in zip(images, GRID, strict=True))

@@ -1209,8 +1209,9 @@ def main(argv=None) -> int:
     output.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = output / "tokenizer"
     if args.tokenizer is not None:
-        shutil.rmtree(tokenizer_dir, ignore_errors=True)
-        shutil.copytree(args.tokenizer.resolve(), tokenizer_dir)
+        if args.tokenizer.resolve() != tokenizer_dir.resolve():  # re-recording a folder in place keeps its tokenizer
+            shutil.rmtree(tokenizer_dir, ignore_errors=True)
+            shutil.copytree(args.tokenizer.resolve(), tokenizer_dir)
         tokenizer_note = f"Copied from `{args.tokenizer}` (`--tokenizer`)."
     else:
         build_tokenizer(official, tokenizer_dir)

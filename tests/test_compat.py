@@ -1,14 +1,17 @@
 """The compatibility layer (`tuna_hf._compat`): each shim gives what the newer library gives, on every version."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, Qwen2Config, SiglipVisionConfig
 
 from tuna_hf import TunaConfig, TunaFlowHeadConfig, TunaForUnifiedMultimodal
 from tuna_hf._compat import build_sub_config, pil_to_rgb_array, slice_logits_to_keep
-from tuna_hf.testing import build_byte_tokenizer, tiny_tuna_config
+from tuna_hf.testing import build_byte_tokenizer, tiny_tuna_config, tiny_tuna_processor
 
 TINY_DECODER = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2}
 
@@ -28,11 +31,36 @@ def test_a_decoder_given_as_a_dict_sets_the_flow_head_defaults():
 
 def test_sub_configs_are_built_as_the_newer_library_builds_them():
     qwen = Qwen2Config(**TINY_DECODER)
-    assert build_sub_config(qwen, TunaConfig) is qwen
-    assert build_sub_config(None, TunaConfig, optional=True) is None
-    assert isinstance(build_sub_config({"hidden_size": 64}, TunaFlowHeadConfig), TunaFlowHeadConfig)
-    built = build_sub_config({"hidden_size": 64}, AutoConfig, "qwen2")
+    assert build_sub_config("text_config", qwen, AutoConfig) is qwen
+    assert build_sub_config("vision_config", None, AutoConfig, optional=True) is None
+    assert isinstance(
+        build_sub_config("flow_head_config", {"hidden_size": 64}, TunaFlowHeadConfig), TunaFlowHeadConfig
+    )
+    built = build_sub_config("text_config", {"hidden_size": 64}, AutoConfig, "qwen2")
     assert isinstance(built, Qwen2Config) and built.hidden_size == 64
+
+
+@pytest.mark.parametrize(
+    ("text_config", "message"),
+    [("qwen2", "text_config"), ({"model_type": "nope"}, "`text_config.model_type` must be a transformers model type")],
+)
+def test_bad_sub_configs_are_refused_by_name(text_config, message):
+    with pytest.raises((StrictDataclassError, ValueError), match=message):
+        TunaConfig(text_config=text_config)
+
+
+def test_concurrent_processor_calls_keep_their_own_defaults(byte_tokenizer):
+    processor = tiny_tuna_processor(byte_tokenizer)
+    expected = type(processor(text="a red circle")["input_ids"])
+
+    def call(index):
+        if index % 2:
+            return type(processor(text="a red circle", common_kwargs={"return_tensors": None})["input_ids"])
+        return type(processor(text="a red circle")["input_ids"])
+
+    with ThreadPoolExecutor(4) as pool:
+        kinds = list(pool.map(call, range(64)))
+    assert kinds[0::2] == [expected] * 32 and type(processor(text="x")["input_ids"]) is expected
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "RGB", "L"])

@@ -97,6 +97,13 @@ def test_plain_messages():
     assert "`" not in APP.plain_message("odd ``` text`")
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", ""])
+def test_counts_must_be_whole_numbers_of_at_least_one(value):
+    with pytest.raises(APP.argparse.ArgumentTypeError, match="TUNA_CONCURRENCY must be a whole number ≥ 1"):
+        APP.positive_int(value, "TUNA_CONCURRENCY")
+    assert APP.positive_int("3") == 3
+
+
 def test_answer_streams_the_right_answer(client, tmp_path):
     image = scene_file(tmp_path, Scene("blue", "square", "bottom right"))
     assert client.predict(handle_file(image), "What color is the shape?", api_name="/answer").strip() == "blue"

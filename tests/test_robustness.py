@@ -551,6 +551,14 @@ def test_stale_staging_folders_are_removed(tmp_path, capsys):
     assert f"Removed {dead}, left by an interrupted conversion" in log and f"Found {unknown}" in log
 
 
+def test_input_paths_with_a_tilde_reach_the_converter_expanded(tmp_path, monkeypatch):
+    from tuna_hf.convert_official import existing_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "Qwen2.5-7B-Instruct").mkdir()
+    assert existing_path("~/Qwen2.5-7B-Instruct") == str(tmp_path / "Qwen2.5-7B-Instruct")
+
+
 @pytest.mark.parametrize("flag", ["--tokenizer", "--checkpoint", "--official-config"])
 def test_a_missing_input_path_is_reported_as_not_found(tmp_path, capsys, flag):
     arguments = conversion_arguments("tuna_2", tmp_path, tmp_path / "repo")

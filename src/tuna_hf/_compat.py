@@ -7,10 +7,13 @@ says which version it serves and what that version has instead. Nothing here cha
 
 import contextlib
 import copy
+import threading
 
 import numpy as np
 import PIL.Image
 import torch
+import transformers
+from packaging import version
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -40,6 +43,7 @@ except ImportError:  # transformers < 5.21 slices inline in each model; this is 
 
 
 __all__ = [
+    "MERGE_KWARGS_WRITES_DEFAULTS",
     "ActivationCheckpointingNames",
     "AutoImageProcessor",
     "SubConfigSpec",
@@ -50,18 +54,26 @@ __all__ = [
 ]
 
 
-def build_sub_config(value, config_class: type, default_model_type: str | None = None, optional: bool = False):
+def build_sub_config(
+    key: str, value, config_class: type, default_model_type: str | None = None, optional: bool = False
+):
     """
-    A composite config's sub-config from what was passed, as transformers >= 5.20's `SubConfigSpec` builds it (older
-    versions build none): a config stays as it is; `None` stays `None` when `optional`; a dict (or `None`) becomes
-    `config_class(**value)`, or with `AutoConfig` the class of its `model_type` (`default_model_type` if it has none).
+    The sub-config `key` of a composite config from what was passed, as transformers >= 5.20's `SubConfigSpec` builds
+    it (older versions build none): a config stays as it is; `None` stays `None` when `optional`; a dict (or `None`)
+    becomes `config_class(**value)`, or with `AutoConfig` the class of its `model_type` (`default_model_type` if it
+    has none).
     """
     if isinstance(value, PreTrainedConfig) or (value is None and optional):
         return value
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"`{key}` must be a dict, a PreTrainedConfig or None, got {type(value).__name__}.")
     value = dict(value or {})
-    if config_class is AutoConfig:
-        return CONFIG_MAPPING[value.get("model_type", default_model_type)](**value)
-    return config_class(**value)
+    if config_class is not AutoConfig:
+        return config_class(**value)
+    model_type = value.get("model_type", default_model_type)
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"`{key}.model_type` must be a transformers model type, got {model_type!r}.")
+    return CONFIG_MAPPING[model_type](**value)
 
 
 if hasattr(PreTrainedModel, "activation_checkpointing_enable"):  # transformers >= 5.23
@@ -88,19 +100,30 @@ else:
             return self.is_gradient_checkpointing
 
 
+# transformers < 5.23's `ProcessorMixin._merge_kwargs` updates the kwargs class's `_defaults["common_kwargs"]` in
+# place with the call's `common_kwargs`, so one call's `common_kwargs={"return_tensors": None}` became every later
+# call's default; 5.23 merges into a copy.
+MERGE_KWARGS_WRITES_DEFAULTS = version.parse(transformers.__version__).release < (5, 23)
+_DEFAULTS_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def kept_kwargs_defaults(kwargs_class: type):
     """
-    Leaves a processor kwargs class's `_defaults` as they were: transformers < 5.23's `ProcessorMixin._merge_kwargs`
-    updates `_defaults["common_kwargs"]` in place with the call's `common_kwargs`, so one call's
-    `common_kwargs={"return_tensors": None}` became every later call's default.
+    Before transformers 5.23, leaves a processor kwargs class's `_defaults` as they were around a `_merge_kwargs`
+    (`MERGE_KWARGS_WRITES_DEFAULTS`); merges of concurrent calls take turns, so none sees another's defaults.
+    Does nothing on newer versions.
     """
-    saved = copy.deepcopy(kwargs_class._defaults)
-    try:
+    if not MERGE_KWARGS_WRITES_DEFAULTS:
         yield
-    finally:
-        kwargs_class._defaults.clear()
-        kwargs_class._defaults.update(saved)
+        return
+    with _DEFAULTS_LOCK:
+        saved = copy.deepcopy(kwargs_class._defaults)
+        try:
+            yield
+        finally:
+            kwargs_class._defaults.clear()
+            kwargs_class._defaults.update(saved)
 
 
 def pil_to_rgb_array(image: PIL.Image.Image) -> np.ndarray:

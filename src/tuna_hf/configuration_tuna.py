@@ -207,8 +207,10 @@ class TunaConfig(PreTrainedConfig):
             self.noise_scale = DEFAULT_NOISE_SCALE[self.visual_encoder]
         # Built here rather than by the base class, so that the flow head's defaults can follow the decoder (and on
         # transformers < 5.20, whose base class builds none).
-        self.text_config = build_sub_config(self.text_config, AutoConfig, "qwen2")
-        self.vision_config = build_sub_config(self.vision_config, AutoConfig, "siglip_vision_model", optional=True)
+        self.text_config = build_sub_config("text_config", self.text_config, AutoConfig, "qwen2")
+        self.vision_config = build_sub_config(
+            "vision_config", self.vision_config, AutoConfig, "siglip_vision_model", optional=True
+        )
         text = self.text_config
         if self.flow_head_config is None or isinstance(self.flow_head_config, dict):
             # What a (partial) flow head config leaves out follows the decoder it reads.
@@ -221,7 +223,7 @@ class TunaConfig(PreTrainedConfig):
                 "max_position_embeddings": text.max_position_embeddings,
                 **(self.flow_head_config or {}),
             }
-        self.flow_head_config = build_sub_config(self.flow_head_config, TunaFlowHeadConfig)
+        self.flow_head_config = build_sub_config("flow_head_config", self.flow_head_config, TunaFlowHeadConfig)
         super().__post_init__(**kwargs)
         self.tie_word_embeddings = self.text_config.tie_word_embeddings
 

@@ -529,9 +529,10 @@ def _write_model_card(folder, output, repo_id, spec, pipeline) -> None:
 
 def existing_path(value: str) -> str:
     """A command-line input file or folder, which must exist (else argparse names the flag and the path)."""
-    if not Path(value).expanduser().exists():
+    path = Path(value).expanduser()
+    if not path.exists():
         raise argparse.ArgumentTypeError(f"{value} not found")
-    return value
+    return str(path)
 
 
 def main(argv: list[str] | None = None) -> None:

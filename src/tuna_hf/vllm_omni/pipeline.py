@@ -1,12 +1,13 @@
 """TUNA as a native vLLM-Omni diffusion pipeline: text-to-image and editing, every variant, per-request sampling.
 
 vLLM-Omni builds [`TunaOmniPipeline`] from its `OmniDiffusionConfig` (the model on the engine's device and dtype,
-its weights still empty), fills the weights through [`TunaOmniPipeline.load_weights`] from the repository's
+its weights left uninitialised), fills the weights through [`TunaOmniPipeline.load_weights`] from the repository's
 `transformer/` safetensors, and calls [`TunaOmniPipeline.forward`] with the requests its scheduler batched together.
 The sampling itself is tuna-hf's own [`TunaPipeline`] and [`TunaEditPipeline`], on the same modules.
 """
 
 import importlib
+import inspect
 import json
 import os
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ import PIL.Image
 import torch
 from huggingface_hub import snapshot_download
 from torch import nn
+from transformers.initialization import no_init_weights
 from vllm_omni.diffusion.data import DiffusionOutput, OmniDiffusionConfig
 from vllm_omni.diffusion.model_loader.diffusers_loader import DiffusersPipelineLoader
 from vllm_omni.diffusion.request import OmniDiffusionRequest
@@ -27,17 +29,22 @@ from vllm_omni.inputs.data import OmniDiffusionSamplingParams, OmniPromptType
 from ..configuration_tuna import TunaConfig
 from ..modeling_tuna import TunaForUnifiedMultimodal
 from ..pipelines import TunaEditPipeline, TunaPipeline
+from ..scheduling_tuna import LEGACY_GUIDANCE_KEYS
 
 # The sampling settings a repository's `model_index.json` holds besides its components (`TunaBasePipeline`).
-SETTINGS = (
-    "edit_negative_prompt",
-    "guidance_scale",
-    "edit_guidance_scale",
-    "video_guidance_scale",
-    "guidance_interval",
-)
+SETTINGS = ("edit_negative_prompt", *LEGACY_GUIDANCE_KEYS)
 # `TunaPipeline.__call__`'s step count, for requests that give none.
-DEFAULT_STEPS = 50
+DEFAULT_STEPS = inspect.signature(TunaPipeline.__call__).parameters["num_inference_steps"].default
+# Sampling parameters TUNA's text-to-image and editing have no use for, at the values that leave them unused: a request
+# that sets one is refused rather than sampled without it.
+UNUSED_PARAMETERS = {
+    "num_frames": 1,
+    "sigmas": None,
+    "timesteps": None,
+    "strength": None,
+    "true_cfg_scale": None,
+    "guidance_scale_2_provided": False,
+}
 # vLLM-Omni's attention backends that TUNA runs, by the diffusers name `set_attention_backend` takes.
 ATTENTION_BACKENDS = {None: "native", "TORCH_SDPA": "native"}
 
@@ -99,7 +106,14 @@ def request_generator(sampling: OmniDiffusionSamplingParams) -> torch.Generator 
 def parse_request(prompt: OmniPromptType, sampling: OmniDiffusionSamplingParams, output_type: str) -> TunaRequest:
     """A request's prompt and sampling parameters as TUNA's pipelines take them; unset values keep the pipelines'
     defaults (size: the processor's, or the source's for an edit; guidance: the repository's)."""
-    text = prompt if isinstance(prompt, str) else prompt.get("prompt") or ""
+    text = prompt if isinstance(prompt, str) else prompt.get("prompt")
+    if not isinstance(text, str):
+        raise ValueError(f"The request's `prompt` must be a string, got {type(text).__name__}.")
+    if sampling.num_outputs_per_prompt < 1:
+        raise ValueError(f"`num_outputs_per_prompt` must be ≥ 1, got {sampling.num_outputs_per_prompt}.")
+    unused = sorted(name for name, value in UNUSED_PARAMETERS.items() if getattr(sampling, name) != value)
+    if unused:
+        raise ValueError(f"TUNA's text-to-image and editing take none of {unused}; leave them at their defaults.")
     return TunaRequest(
         prompt=text,
         negative_prompt=None if isinstance(prompt, str) else prompt.get("negative_prompt"),
@@ -108,10 +122,10 @@ def parse_request(prompt: OmniPromptType, sampling: OmniDiffusionSamplingParams,
         # source's size rounded down to its 16-pixel grid) applies then.
         height=None if sampling.height_not_provided else sampling.height,
         width=None if sampling.width_not_provided else sampling.width,
-        num_inference_steps=sampling.num_inference_steps or DEFAULT_STEPS,
+        num_inference_steps=DEFAULT_STEPS if sampling.num_inference_steps is None else sampling.num_inference_steps,
         # vLLM-Omni fills an omitted guidance scale with 1.0 (no guidance) and flags the given ones.
         guidance_scale=sampling.guidance_scale if sampling.guidance_scale_provided else None,
-        num_images=max(1, sampling.num_outputs_per_prompt),
+        num_images=sampling.num_outputs_per_prompt,
         generator=request_generator(sampling),
         latents=sampling.latents,
         output_type=sampling.output_type or output_type,
@@ -142,9 +156,10 @@ def attention_backend(od_config: OmniDiffusionConfig) -> str:
 
 
 def build_transformer(repository: Path) -> TunaForUnifiedMultimodal:
-    """The model of `repository/transformer` with untrained weights (`load_weights` fills them), in the current
+    """The model of `repository/transformer` with uninitialised weights (`load_weights` fills them), in the current
     default dtype but for the modules `from_pretrained` would keep in float32 (`_keep_in_fp32_modules`)."""
-    model = TunaForUnifiedMultimodal(TunaConfig.from_pretrained(repository, subfolder="transformer")).eval()
+    with no_init_weights():
+        model = TunaForUnifiedMultimodal(TunaConfig.from_pretrained(repository, subfolder="transformer")).eval()
     kept = model._get_dtype_plan(model.dtype)
     for name, module in model.named_modules():
         if any(f".{name}".endswith(f".{pattern}") for pattern in kept):
@@ -153,11 +168,14 @@ def build_transformer(repository: Path) -> TunaForUnifiedMultimodal:
 
 
 def answer(run, requests: list[TunaRequest]) -> list[DiffusionOutput]:
-    """`run(requests)`'s images as one output per request, or its error as the output of each."""
+    """`run(requests)`'s images as one output per request; if a call of several fails, each request is run alone,
+    so that only the failing ones get their error."""
     try:
         images = run(requests)
     except Exception as error:
-        return [DiffusionOutput.from_exception(error)] * len(requests)
+        if len(requests) == 1:
+            return [DiffusionOutput.from_exception(error)]
+        return [output for request in requests for output in answer(run, [request])]
     return [DiffusionOutput(output=item) for item in images]
 
 
@@ -247,15 +265,13 @@ class TunaOmniPipeline(nn.Module):
         return outputs
 
     def initial_latents(self, request: TunaRequest) -> torch.Tensor:
-        """The request's initial sample: its `latents`, else drawn from its own generator, exactly as a call of
-        `TunaPipeline` with that generator alone draws it."""
-        if request.latents is not None:
-            return request.latents
+        """The request's initial sample: its `latents` (checked against its shape), else drawn from its own generator,
+        exactly as a call of `TunaPipeline` with that generator alone draws it."""
         pipe = self.text_to_image
         height, width = pipe._default_size(request.height, request.width)
         factor = pipe.vae_scale_factor
         shape = (request.num_images, self.transformer.config.latent_channels, 1, height // factor, width // factor)
-        return pipe.prepare_latents(shape, request.generator)
+        return pipe.prepare_latents(shape, request.generator, request.latents)
 
     def run_text_to_image(self, requests: list[TunaRequest]) -> list:
         """Text-to-image for requests of one `batch_key` in one sampling call; each request's images decoded alone."""
