@@ -238,7 +238,7 @@ class TunaDemo:
         return result.images[0]
 
     def video(self, prompt, num_frames, height, width, steps, guidance, seed, progress=gr.Progress()):
-        """Text-to-video (Tuna): the frames as an animated GIF (in gradio's temporary folder)."""
+        """Text-to-video (Tuna): the frames as an animated GIF, in a temporary folder of its own (`tempfile`)."""
         self._check_text("prompt", prompt)
         result = self._run(
             self.pipe,

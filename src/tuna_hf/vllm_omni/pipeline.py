@@ -6,18 +6,14 @@ its weights left uninitialised), fills the weights through [`TunaOmniPipeline.lo
 The sampling itself is tuna-hf's own [`TunaPipeline`] and [`TunaEditPipeline`], on the same modules.
 """
 
-import importlib
 import inspect
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import PIL.Image
 import torch
-from huggingface_hub import snapshot_download
 from torch import nn
 from transformers.initialization import no_init_weights
 from vllm_omni.diffusion.data import DiffusionOutput, OmniDiffusionConfig
@@ -29,10 +25,7 @@ from vllm_omni.inputs.data import OmniDiffusionSamplingParams, OmniPromptType
 from ..configuration_tuna import TunaConfig
 from ..modeling_tuna import TunaForUnifiedMultimodal
 from ..pipelines import TunaEditPipeline, TunaPipeline
-from ..scheduling_tuna import LEGACY_GUIDANCE_KEYS
 
-# The sampling settings a repository's `model_index.json` holds besides its components (`TunaBasePipeline`).
-SETTINGS = ("edit_negative_prompt", *LEGACY_GUIDANCE_KEYS)
 # `TunaPipeline.__call__`'s step count, for requests that give none.
 DEFAULT_STEPS = inspect.signature(TunaPipeline.__call__).parameters["num_inference_steps"].default
 # Sampling parameters TUNA's text-to-image and editing have no use for, at the values that leave them unused: a request
@@ -132,17 +125,6 @@ def parse_request(prompt: OmniPromptType, sampling: OmniDiffusionSamplingParams,
     )
 
 
-def local_repository(model: str, revision: str | None = None) -> Path:
-    """`model` as a folder: itself, or its Hub snapshot (the cache when `HF_HUB_OFFLINE=1`)."""
-    return Path(model if os.path.isdir(model) else snapshot_download(model, revision=revision))
-
-
-def load_component(repository: Path, index: dict, name: str):
-    """The component `name` of a pipeline repository, of the class `model_index.json` names for it."""
-    library, class_name = index[name]
-    return getattr(importlib.import_module(library), class_name).from_pretrained(repository, subfolder=name)
-
-
 def attention_backend(od_config: OmniDiffusionConfig) -> str:
     """The diffusers attention backend for the engine's configured one (`diffusion_attention_config.default`)."""
     spec = od_config.diffusion_attention_config.default
@@ -155,11 +137,12 @@ def attention_backend(od_config: OmniDiffusionConfig) -> str:
     return ATTENTION_BACKENDS[name]
 
 
-def build_transformer(repository: Path) -> TunaForUnifiedMultimodal:
+def build_transformer(repository: str, revision: str | None = None) -> TunaForUnifiedMultimodal:
     """The model of `repository/transformer` with uninitialised weights (`load_weights` fills them), in the current
     default dtype but for the modules `from_pretrained` would keep in float32 (`_keep_in_fp32_modules`)."""
+    config = TunaConfig.from_pretrained(repository, subfolder="transformer", revision=revision)
     with no_init_weights():
-        model = TunaForUnifiedMultimodal(TunaConfig.from_pretrained(repository, subfolder="transformer")).eval()
+        model = TunaForUnifiedMultimodal(config).eval()
     kept = model._get_dtype_plan(model.dtype)
     for name, module in model.named_modules():
         if any(f".{name}".endswith(f".{pattern}") for pattern in kept):
@@ -207,15 +190,11 @@ class TunaOmniPipeline(nn.Module):
     def __init__(self, *, od_config: OmniDiffusionConfig, prefix: str = ""):
         super().__init__()
         self.od_config = od_config
-        repository = local_repository(od_config.model, od_config.revision)
-        index = json.loads((repository / "model_index.json").read_text())
-        self.transformer = build_transformer(repository)
+        self.transformer = build_transformer(od_config.model, od_config.revision)
         self.transformer.set_attention_backend(attention_backend(od_config))
-        self.text_to_image = TunaPipeline(
-            transformer=self.transformer,
-            processor=load_component(repository, index, "processor"),
-            scheduler=load_component(repository, index, "scheduler"),
-            **{name: index[name] for name in SETTINGS if name in index},
+        # The repository's processor, scheduler and sampling settings, around this model.
+        self.text_to_image = TunaPipeline.from_pretrained(
+            od_config.model, revision=od_config.revision, transformer=self.transformer
         )
         self.edit = TunaEditPipeline.from_pipe(self.text_to_image)
         self.weights_sources = [
